@@ -1,0 +1,228 @@
+"""Frozen CLIP backbones from open_clip: architectures, weights, positional-embedding resize, V-V attention.
+
+Everything about the backbone that the adapted model needs comes from here as data (`BackboneInfo`): widths,
+depths, grid size. Nothing downstream hard-codes ViT-L numbers.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import socket
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.factory import load_state_dict
+from open_clip.model import CLIP
+from open_clip.model import resize_pos_embed
+from torch import nn
+
+from aaclip.config import ModelConfig
+from aaclip.errors import BackboneError
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+HUB_HOST = ("huggingface.co", 443)
+log = logging.getLogger(__name__)
+open_clip.add_model_config(MODEL_CONFIG_DIR)  # registers aaclip-tiny, aaclip-small (configs are data)
+
+
+def registered_architectures() -> list[str]:
+    """The architectures this project ships (tiny, CPU-sized); every test is parametrised over them."""
+    return sorted(path.stem for path in MODEL_CONFIG_DIR.glob("*.json"))
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    vision_width: int
+    vision_layers: int
+    vision_heads: int
+    text_width: int
+    text_layers: int
+    embed_dim: int
+    grid: int  # patch tokens per side at the configured image size
+    context_length: int
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+
+def describe(clip: CLIP) -> BackboneInfo:
+    visual = clip.visual
+    grid = visual.grid_size[0] if isinstance(visual.grid_size, tuple) else visual.grid_size
+    return BackboneInfo(
+        vision_width=visual.conv1.out_channels,
+        vision_layers=len(visual.transformer.resblocks),
+        vision_heads=visual.transformer.resblocks[0].attn.num_heads,
+        text_width=clip.token_embedding.embedding_dim,
+        text_layers=len(clip.transformer.resblocks),
+        embed_dim=visual.proj.shape[1],
+        grid=grid,
+        context_length=clip.context_length,
+    )
+
+
+def load_clip(config: ModelConfig) -> CLIP:
+    """Build the architecture at the configured image size, load weights, freeze everything."""
+    if config.name not in open_clip.list_models():
+        raise BackboneError(f"model.name: unknown architecture {config.name!r} "
+                            f"(registered here: {', '.join(registered_architectures())}; or any open_clip model)")
+    weights = resolve_weights(config.name, config.pretrained)
+    quick_gelu = config.quick_gelu if config.quick_gelu is not None else _weights_use_quick_gelu(config, weights)
+    clip = open_clip.create_model(config.name, pretrained=None, force_image_size=config.image_size,
+                                  force_quick_gelu=quick_gelu, pretrained_text=False)
+    if not isinstance(clip, CLIP):
+        raise BackboneError(f"model.name: {config.name} has a custom text tower; only CLIP-style models are supported")
+    if weights is not None:
+        load_weights(clip, weights, config.name)
+    clip.eval()  # frozen CLIP stays in eval mode: no dropout, no patch dropout (reference §2.3)
+    clip.requires_grad_(False)
+    return clip
+
+
+def _weights_use_quick_gelu(config: ModelConfig, weights: Path | None) -> bool:
+    """Activation follows the weights: OpenAI checkpoints were trained with QuickGELU (reference Q1)."""
+    if config.pretrained is None or weights is None:
+        return False
+    tag_config = open_clip.get_pretrained_cfg(config.name, config.pretrained) or {}
+    return bool(tag_config.get("quick_gelu")) or _is_torchscript(weights)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Weights
+
+
+def resolve_weights(name: str, pretrained: str | None) -> Path | None:
+    """A local file, or a pretrained tag resolved from the local cache, else downloaded if the hub answers."""
+    if pretrained is None:
+        return None
+    path = Path(pretrained).expanduser()
+    if path.suffix or path.is_absolute() or "/" in pretrained:
+        if not path.is_file():
+            raise BackboneError(f"model.pretrained: weights file {path} does not exist")
+        return path
+    tag_config = open_clip.get_pretrained_cfg(name, pretrained)
+    if not tag_config:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise BackboneError(f"model.pretrained: {pretrained!r} is not a tag of {name} (tags: {tags}) "
+                            f"and not a file path")
+    cached = _cached_tag_weights(tag_config)
+    if cached is not None:
+        return cached
+    if not _hub_reachable():
+        raise BackboneError(
+            f"model.pretrained: weights for {name}/{pretrained} are not cached and the model hub cannot be reached; "
+            f"download them on a connected machine and set model.pretrained to the local file path")
+    return Path(open_clip.download_pretrained(tag_config))
+
+
+def _cached_tag_weights(tag_config: dict) -> Path | None:
+    hub = tag_config.get("hf_hub", "")
+    if not hub:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, filename = hub.rstrip("/").rsplit("/", 1) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    for candidate in candidates:
+        found = try_to_load_from_cache(repo_id, candidate)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    # The hub client retries for ~45 s when offline (DESIGN §8); one short TCP probe answers the question first.
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """OpenAI TorchScript archives (ViT-L-14-336px.pt), plain state dicts, safetensors, {'state_dict': ...}."""
+    try:
+        if _is_torchscript(path):
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            return {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+        state = load_state_dict(str(path), weights_only=True)
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as error:  # unreadable input
+        raise BackboneError(f"model.pretrained: {path} is not a readable CLIP checkpoint ({error.__class__.__name__})")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"model.pretrained: {path} does not contain a state dict of tensors")
+    return state
+
+
+def load_weights(clip: CLIP, path: Path, name: str) -> None:
+    state = read_state_dict(path)
+    # Grid of positional embeddings resized to the configured image size: CLS kept, bicubic, antialias (§2.2).
+    resize_pos_embed(state, clip)
+    try:
+        clip.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)[:200]
+        raise BackboneError(f"model.pretrained: {path} does not match architecture {name} ({first})") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Blocks
+
+
+def run_block(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+              value_value: str | None = None) -> torch.Tensor:
+    """One open_clip residual block on batch-first tokens; `value_value` switches to V-V attention.
+
+    Written out (instead of calling block(x)) so the same frozen weights serve both the plain tower and the
+    "surgery" tower of Stage 1 without a second copy of the model in memory.
+    """
+    if value_value is None:
+        return block(x, attn_mask=attn_mask)
+    attention = value_value_attention(block.attn, block.ln_1(x), axis=value_value)
+    x = x + block.ls_1(attention)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def value_value_attention(attn: nn.MultiheadAttention, x: torch.Tensor, axis: str) -> torch.Tensor:
+    """softmax(V V^T / sqrt(d)) V with the block's own projections (reference §2.4, DPAM).
+
+    axis "tokens": each image's tokens attend to each other (the intended V-V attention).
+    axis "batch": at each token position the images of the batch attend to each other, which is what the
+    reference computes because it feeds a (tokens, batch, width) tensor to a batch-first module.
+    """
+    batch, tokens, width = x.shape
+    heads = attn.num_heads
+    value = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)[..., 2 * width:]
+    value = value.reshape(batch, tokens, heads, width // heads).transpose(1, 2)  # [B, H, L, d]
+    if axis == "batch":
+        value = value.permute(2, 1, 0, 3)  # [L, H, B, d]: attention runs over the batch
+    mixed = F.scaled_dot_product_attention(value, value, value)
+    if axis == "batch":
+        mixed = mixed.permute(2, 1, 0, 3)
+    return attn.out_proj(mixed.transpose(1, 2).reshape(batch, tokens, width))
+
+
+def vision_embed(clip: CLIP, images: torch.Tensor) -> torch.Tensor:
+    """conv1 -> tokens -> CLS -> positional -> ln_pre, batch-first [B, 1 + grid^2, width]."""
+    return clip.visual._embeds(images)
+
+
+def text_embed(clip: CLIP, tokens: torch.Tensor) -> torch.Tensor:
+    return clip.token_embedding(tokens) + clip.positional_embedding
+
+
+def check_batch_first(clip: CLIP) -> None:
+    # open_clip >= 2.23 runs blocks batch-first; the adapted forwards rely on it (DESIGN §8).
+    for transformer in (clip.visual.transformer, clip.transformer):
+        if not getattr(transformer, "batch_first", True):
+            raise BackboneError("this open_clip version runs transformers sequence-first; install open_clip >= 3.0")

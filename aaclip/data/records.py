@@ -1,0 +1,184 @@
+"""Dataset records: what every layout reader returns, and the steps all of them share.
+
+`load_records(spec)` is the one entry point: find the root (generating a synthetic dataset if needed), read the
+layout, keep the requested categories, draw the few-shot sample, sort, and check every file cheaply (image
+headers only), so that a bad dataset fails before training starts, with a message that names the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from aaclip.config import DatasetSpec
+from aaclip.errors import DataError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class Record:
+    image_path: Path  # absolute
+    mask_path: Path | None  # None for normal images
+    label: int  # 0 normal, 1 anomalous
+    class_name: str
+    image_id: str  # path relative to the dataset root, POSIX: stable across machines, a cache key
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers the layout readers share
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from the parts' text. hashlib, not hash(): Python salts str hashes per process."""
+    text = "\x1f".join(str(part) for part in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def make_record(root: Path, image: str, mask: str | None, label: int, class_name: str) -> Record:
+    """A record from paths as a layout writes them: relative to the (absolute) root, or absolute (jsonl only)."""
+    image_path = _join(root, image)
+    mask_path = _join(root, mask) if mask else None
+    return Record(image_path, mask_path, label, class_name, image_id(root, image_path))
+
+
+def _join(root: Path, relative: str) -> Path:
+    # normpath, not resolve(): a symlinked class folder must not change the image id.
+    return Path(os.path.normpath(root / relative))
+
+
+def image_id(root: Path, image_path: Path) -> str:
+    try:
+        return PurePosixPath(image_path.relative_to(root)).as_posix()
+    except ValueError:  # a jsonl row may point outside its root; the absolute path is the best stable name
+        return image_path.as_posix()
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in a folder, sorted by name (file-system listing order is not stable)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def class_names(records: Iterable[Record]) -> list[str]:
+    return sorted({record.class_name for record in records})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def load_records(spec: DatasetSpec) -> list[Record]:
+    root, layout = _resolve_root(spec)
+    records = _reader(layout)(root, spec.split)
+    if not records:
+        raise DataError(f"{root}: no {spec.split} images found in the {layout} layout; check root and split")
+    records = select_categories(records, spec.categories, root)
+    if spec.shots is not None:
+        records = sample_shots(records, spec.shots, spec.seed)
+    records = sorted(records, key=lambda record: (record.class_name, record.image_id))
+    for record in records:
+        check_record(record)
+    return records
+
+
+def _resolve_root(spec: DatasetSpec) -> tuple[Path, str]:
+    """(root, layout to read it with). A synthetic dataset is generated here if it is missing."""
+    if spec.kind == "synthetic":
+        from aaclip.data.synthetic import ensure_synthetic, synthetic_root  # imports records: load lazily
+
+        root = Path(spec.root).expanduser().resolve() if spec.root else synthetic_root(spec.domain, spec.seed)
+        return root, ensure_synthetic(root, spec.domain, spec.seed)
+    root = Path(spec.root).expanduser().resolve()
+    if not root.exists():
+        raise DataError(f"{root}: dataset root not found; check the dataset's root in the config")
+    if spec.kind != "jsonl" and not root.is_dir():  # only a jsonl root may be a file
+        raise DataError(f"{root}: a {spec.kind} dataset root must be a folder")
+    return root, spec.kind
+
+
+def _reader(layout: str) -> Callable[[Path, str], list[Record]]:
+    # The readers import this module for Record and its helpers, so they are imported on use.
+    if layout == "mvtec":
+        from aaclip.data.mvtec import read_mvtec
+
+        return read_mvtec
+    if layout == "visa":
+        from aaclip.data.visa import read_visa
+
+        return read_visa
+    if layout == "jsonl":
+        from aaclip.data.jsonl import read_jsonl
+
+        return read_jsonl
+    raise DataError(f"unknown dataset layout {layout!r}; expected mvtec, visa or jsonl")
+
+
+def select_categories(records: list[Record], categories: list[str] | None, root: Path) -> list[Record]:
+    if categories is None:
+        return records
+    available = class_names(records)
+    unknown = [name for name in categories if name not in available]
+    if unknown:
+        raise DataError(
+            f"{root}: unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+            f"available: {', '.join(available)}"
+        )
+    wanted = set(categories)
+    return [record for record in records if record.class_name in wanted]
+
+
+def sample_shots(records: list[Record], shots: int, seed: int) -> list[Record]:
+    """k normal + k anomalous images per class (all of them where a class has fewer), seeded.
+
+    Each (class, label) group is sorted by image id and drawn from its own generator, so a class's sample does
+    not depend on listing order or on which other classes were selected.
+    """
+    groups: dict[tuple[str, int], list[Record]] = defaultdict(list)
+    for record in sorted(records, key=lambda record: record.image_id):
+        groups[(record.class_name, record.label)].append(record)
+    chosen: list[Record] = []
+    for (class_name, label), group in sorted(groups.items()):
+        rng = np.random.default_rng(stable_seed("shots", seed, class_name, label))
+        picks = rng.choice(len(group), size=min(shots, len(group)), replace=False)
+        chosen.extend(group[i] for i in sorted(picks))
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cheap eager checks: headers only, no pixel decoding
+
+
+def check_record(record: Record) -> None:
+    image_size = _header_size(record.image_path, "image")
+    if record.mask_path is None:
+        if record.label == 1:
+            raise DataError(f"{record.image_path}: anomalous image has no mask; add its mask to the dataset")
+        return
+    if not record.mask_path.is_file():
+        raise DataError(f"{record.mask_path}: mask not found for {record.image_path}; add the mask file")
+    mask_size = _header_size(record.mask_path, "mask")
+    if mask_size != image_size:
+        raise DataError(
+            f"{record.mask_path}: mask is {mask_size[0]}x{mask_size[1]} but its image {record.image_path} is "
+            f"{image_size[0]}x{image_size[1]}; masks must match their image's size"
+        )
+
+
+def _header_size(path: Path, what: str) -> tuple[int, int]:
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file not found; check the dataset root and metadata")
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"{path}: cannot read {what} ({error.__class__.__name__}); replace or remove it") from None

@@ -1,0 +1,199 @@
+"""AdaptedCLIP: a frozen open_clip CLIP with residual adapters, projections and cross-attention (reference §3–§7).
+
+Pure nn.Module: training logic lives in aaclip.train. Shapes: B images, C classes, P prompts per class,
+T text tokens, L patch tokens, E joint embedding width; text/vision widths come from the backbone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from torch import nn
+
+from aaclip import prompts
+from aaclip.adapters import Adapter, norm_matched_residual
+from aaclip.backbone import BackboneInfo, check_batch_first, describe, run_block, text_embed, vision_embed
+from aaclip.config import TrainConfig
+from aaclip.cross_attention import CrossAttention
+from aaclip.errors import ConfigError
+
+NORMAL_PROMPTS = len(prompts.NORMAL_STATES) * len(prompts.TEMPLATES)
+
+
+@dataclass
+class ImageFeatures:
+    seg_tokens: list[torch.Tensor]  # per level [B, L, E], unit norm
+    det_token: torch.Tensor  # [B, E], mean of unit vectors (norm <= 1, reference §4.2)
+
+
+def check_fits_backbone(config: TrainConfig, info: BackboneInfo) -> None:
+    """Config values that only make sense against the backbone's depth and widths."""
+    adapters, cross = config.adapters, config.cross_attention
+    problems = [
+        (max(adapters.levels) > info.vision_layers, "adapters.levels", adapters.levels, info.vision_layers),
+        (adapters.image_until > info.vision_layers, "adapters.image_until", adapters.image_until, info.vision_layers),
+        (adapters.text_until > info.text_layers, "adapters.text_until", adapters.text_until, info.text_layers),
+        (config.stage1.surgery_from_block >= info.vision_layers, "stage1.surgery_from_block",
+         config.stage1.surgery_from_block, info.vision_layers - 1),
+    ]
+    for failed, key, value, limit in problems:
+        if failed:
+            raise ConfigError(f"{key}: {value} exceeds the depth of {config.model.name} (at most {limit})")
+    if info.text_width % cross.heads:
+        raise ConfigError(f"cross_attention.heads: {cross.heads} does not divide the width {info.text_width}")
+
+
+class AdaptedCLIP(nn.Module):
+    def __init__(self, clip: CLIP, config: TrainConfig):
+        super().__init__()
+        check_batch_first(clip)
+        self.info = info = describe(clip)
+        check_fits_backbone(config, info)
+        self.clip = clip
+        self.adapters_config = config.adapters
+        self.surgery_from_block = config.stage1.surgery_from_block
+        self.surgery_axis = config.stage1.surgery_axis
+        self.tokenizer = open_clip.get_tokenizer(config.model.name)
+        width_t, width_v, embed = info.text_width, info.vision_width, info.embed_dim
+        self.text_adapter = nn.ModuleList(
+            [Adapter(width_t, width_t) for _ in range(config.adapters.text_until)] + [Adapter(width_t, embed)])
+        relu = config.adapters.proj_relu
+        self.image_adapter = nn.ModuleDict({
+            "layer_adapters": nn.ModuleList(Adapter(width_v, width_v) for _ in range(config.adapters.image_until)),
+            "seg_proj": nn.ModuleList(Adapter(width_v, embed, relu) for _ in config.adapters.levels),
+            "det_proj": Adapter(width_v, embed, relu),
+        })
+        cross = config.cross_attention
+        shared = dict(heads=cross.heads, dropout=cross.dropout, norm_match=cross.norm_match, inner_dim=width_t)
+        # Stage-1 image context is unit patch features + unit CLS (reference §7.4), not normalised further.
+        self.text_cross_attn = CrossAttention(width_t, embed, scale=cross.text_scale, normalize_context=False,
+                                              **shared)
+        self.image_cross_attn = CrossAttention(width_v, width_t, scale=cross.image_scale,
+                                               normalize_context=cross.normalize_context, **shared)
+
+    def train(self, mode: bool = True) -> AdaptedCLIP:
+        super().train(mode)
+        self.clip.eval()  # frozen CLIP never leaves eval mode
+        return self
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Text
+
+    def tokenize(self, class_names: list[str], prompt_names: dict[str, str] | None = None) -> torch.Tensor:
+        """[C, P, T] prompt tokens, normal sentences first (reference §3.1)."""
+        per_class = []
+        for name in class_names:
+            normal, abnormal = prompts.sentences(name, prompt_names)
+            per_class.append(self.tokenizer(normal + abnormal))
+        return torch.stack(per_class)
+
+    def encode_text(self, tokens: torch.Tensor, image_context: torch.Tensor | None = None) -> torch.Tensor:
+        """Adapted text forward -> [C*P, E] (not normalised). tokens [C, P, T]; image_context [C, L, E] or None.
+
+        Cross-attention is per class: the P prompts of a class all attend to that class's context. Queries
+        attend independently, so the prompts of a class are simply concatenated into one query sequence.
+        """
+        classes, per_class, length = tokens.shape
+        flat = tokens.reshape(classes * per_class, length)
+        x = text_embed(self.clip, flat)
+        for index, block in enumerate(self.clip.transformer.resblocks):
+            x = block(x, attn_mask=self.clip.attn_mask)
+            if index == 0 and image_context is not None:
+                grouped = x.reshape(classes, per_class * length, -1)
+                x = self.text_cross_attn(grouped, image_context).reshape(classes * per_class, length, -1)
+            if index < len(self.text_adapter) - 1:
+                x = norm_matched_residual(x, self.text_adapter[index], self.adapters_config.text_weight)
+        x = self.clip.ln_final(x)
+        eot = x[torch.arange(x.shape[0], device=x.device), flat.argmax(dim=-1)]
+        return self.text_adapter[-1](eot)
+
+    def class_anchors(self, tokens: torch.Tensor, image_context: torch.Tensor | None = None) -> torch.Tensor:
+        """[C, E, 2] unit anchors: column 0 normal, column 1 abnormal (reference §3.3)."""
+        classes, per_class, _ = tokens.shape
+        sentences = F.normalize(self.encode_text(tokens, image_context), dim=-1).reshape(classes, per_class, -1)
+        normal = F.normalize(sentences[:, :NORMAL_PROMPTS].mean(dim=1), dim=-1)
+        abnormal = F.normalize(sentences[:, NORMAL_PROMPTS:].mean(dim=1), dim=-1)
+        return torch.stack([normal, abnormal], dim=-1)
+
+    @torch.no_grad()
+    def text_context(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[C, P*T, text width]: prompt tokens after text block 0 and adapter 0 (reference §7.4), for Stage 2."""
+        classes, per_class, length = tokens.shape
+        x = self.clip.transformer.resblocks[0](text_embed(self.clip, tokens.reshape(-1, length)),
+                                               attn_mask=self.clip.attn_mask)
+        if len(self.text_adapter) > 1:
+            x = norm_matched_residual(x, self.text_adapter[0], self.adapters_config.text_weight)
+        return x.reshape(classes, per_class * length, -1)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Image
+
+    def encode_image(self, images: torch.Tensor, text_context: torch.Tensor | None = None) -> ImageFeatures:
+        """Adapted vision forward. text_context [B, P*T, text width] switches image cross-attention on."""
+        levels = self.adapters_config.levels
+        layer_adapters = self.image_adapter["layer_adapters"]
+        x = vision_embed(self.clip, images)
+        taps = []
+        for index, block in enumerate(self.clip.visual.transformer.resblocks[: levels[-1]]):
+            x = block(x)
+            if index == 0 and text_context is not None:
+                x = self.image_cross_attn(x, text_context)
+            if index < len(layer_adapters):
+                x = norm_matched_residual(x, layer_adapters[index], self.adapters_config.image_weight)
+            if index + 1 in levels:
+                taps.append(self.clip.visual.ln_post(x[:, 1:]))
+        seg_tokens = [F.normalize(proj(tap), dim=-1) for proj, tap in zip(self.image_adapter["seg_proj"], taps)]
+        det_token = F.normalize(self.image_adapter["det_proj"](taps[-1]), dim=-1).mean(dim=1)
+        return ImageFeatures(seg_tokens, det_token)
+
+    @torch.no_grad()
+    def global_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """Plain CLIP image embedding ln_post(CLS) @ proj of the un-adapted tower, unit norm ("CLS_24")."""
+        return F.normalize(self.clip.encode_image(images), dim=-1)
+
+    @torch.no_grad()
+    def frozen_targets(self, images: torch.Tensor) -> torch.Tensor:
+        """Stage-1 targets of loop 1 from the V-V "surgery" tower: [B, K, L, E] (reference §4.3).
+
+        Per level: unit(ln_post(tokens) @ proj) + unit CLS; level 0 doubles as the loop-1 image context.
+        """
+        levels = self.adapters_config.levels
+        x = vision_embed(self.clip, images)
+        taps = []
+        for index, block in enumerate(self.clip.visual.transformer.resblocks[: levels[-1]]):
+            axis = self.surgery_axis if index >= self.surgery_from_block else None
+            x = run_block(block, x, value_value=axis)
+            if index + 1 in levels:
+                taps.append(F.normalize(self.clip.visual.ln_post(x[:, 1:]) @ self.clip.visual.proj, dim=-1))
+        global_embedding = self.global_embedding(images)[:, None, :]
+        return torch.stack([tap + global_embedding for tap in taps], dim=1)
+
+    @torch.no_grad()
+    def adapted_targets(self, images: torch.Tensor) -> torch.Tensor:
+        """Stage-1 targets of loops >= 2: the adapted tower's own features (no cross-attention) + unit CLS.
+
+        Level 0 is the output after `levels[0]` blocks, the same depth seg_proj[0] was trained on: the
+        reference's 7-block context (§13.8) is not reproduced.
+        """
+        features = self.encode_image(images)
+        global_embedding = self.global_embedding(images)[:, None, :]
+        return torch.stack([tokens + global_embedding for tokens in features.seg_tokens], dim=1)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Parameter groups
+
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The four groups whose gradient norms are reported; a fixed scale is a buffer, not a parameter."""
+        return {
+            "text_adapter": list(self.text_adapter.parameters()),
+            "text_cross_attn": list(self.text_cross_attn.parameters()),
+            "image_adapter": list(self.image_adapter.parameters()),
+            "image_cross_attn": list(self.image_cross_attn.parameters()),
+        }
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Everything that is not the frozen CLIP: adapters, projections, cross-attention (incl. scales)."""
+        return {key: value for key, value in self.state_dict().items() if not key.startswith("clip.")}

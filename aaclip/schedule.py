@@ -1,0 +1,53 @@
+"""The feedback schedule: which stage runs when, for how many epochs, at which learning rate (reference §8).
+
+Pure functions of the configuration and a position, so a resumed run recomputes exactly what an uninterrupted
+run would have used, without storing scheduler objects.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from aaclip.config import FeedbackConfig, OptimConfig
+
+TEXT, IMAGE = 1, 2
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    loop: int  # 1-based
+    stage: int  # TEXT or IMAGE
+    epochs: int
+
+
+def feedback_plan(feedback: FeedbackConfig) -> list[StagePlan]:
+    """Loop n runs max(1, round(epochs * decay^(n-1))) epochs per stage; text_epochs 0 skips Stage 1."""
+    plan = []
+    for loop in range(1, feedback.loops + 1):
+        decay = feedback.epoch_decay ** (loop - 1)
+        if feedback.text_epochs > 0:
+            plan.append(StagePlan(loop, TEXT, max(1, round(feedback.text_epochs * decay))))
+        plan.append(StagePlan(loop, IMAGE, max(1, round(feedback.image_epochs * decay))))
+    return plan
+
+
+def loop_lr(base_lr: float, loop: int, feedback: FeedbackConfig) -> float:
+    return base_lr * feedback.lr_decay ** (loop - 1)
+
+
+def lr_factor(step: int, total_steps: int, steps_per_epoch: int, optim: OptimConfig, schedule: str) -> float:
+    """Multiplier of the stage's learning rate at a step within the stage (0-based).
+
+    multistep: gamma at each milestone fraction of the stage (feedback V1: 50% and 80%); cosine: down to 10%
+    (the extension's unused helper, §8.3); both after an optional linear warmup (V2, §8.4).
+    """
+    warmup_steps = int(optim.warmup_epochs * steps_per_epoch)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "multistep":
+        passed = sum(step >= int(fraction * total_steps) for fraction in optim.milestones)
+        return optim.gamma ** passed
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.1, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return 1.0

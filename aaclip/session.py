@@ -1,0 +1,146 @@
+"""A training session: the model on its device, the datasets and loaders, the Stage-1 targets and the Stage-2
+anchors and text contexts. `aaclip.train` drives it; `aaclip.diagnostics` and the CLI reuse it."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from aaclip.backbone import load_clip
+from aaclip.config import TrainConfig
+from aaclip.data.dataset import AnomalyDataset
+from aaclip.data.records import Record, class_names, load_records
+from aaclip.evaluate import evaluate_records
+from aaclip.features import FeatureCache, backbone_key, cached_targets
+from aaclip.home import aaclip_home
+from aaclip.model import AdaptedCLIP
+from aaclip.schedule import IMAGE, TEXT, StagePlan
+
+log = logging.getLogger(__name__)
+BACKBONE_INIT_SEED = 0  # a random-init backbone is the same "frozen CLIP" in every trial, whatever config.seed
+
+
+def stable_seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") % (2**63)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(config: TrainConfig, device: torch.device) -> AdaptedCLIP:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(BACKBONE_INIT_SEED)
+        clip = load_clip(config.model)
+    torch.manual_seed(config.seed)  # adapter and cross-attention init follow the trial's seed
+    return AdaptedCLIP(clip, config).to(device)
+
+
+class Session:
+    def __init__(self, config: TrainConfig, model: AdaptedCLIP, device: torch.device,
+                 train_records: list[Record], val_records: list[Record]):
+        self.config, self.model, self.device = config, model, device
+        self.train_records, self.val_records = train_records, val_records
+        self.train_classes = class_names(train_records)
+        self.class_to_index = {name: index for index, name in enumerate(self.train_classes)}
+        prompt_names = config.data.train.prompt_names
+        self.train_tokens = model.tokenize(self.train_classes, prompt_names).to(device)
+        size, seed = config.model.image_size, config.data.seed
+        augment = config.data.augment
+        self.datasets = {TEXT: AnomalyDataset(train_records, size, "stage1" if augment else "none", seed),
+                         IMAGE: AnomalyDataset(train_records, size, "stage2" if augment else "none", seed)}
+        self.groups = model.trainable_groups()
+        self.cache = self._feature_cache()
+        self.stage2_anchors: torch.Tensor | None = None
+        self.stage2_text_context: torch.Tensor | None = None
+        self._prepared: tuple[int, int] | None = None
+
+    def _feature_cache(self) -> FeatureCache | None:
+        if not self.config.cache.features:
+            return None
+        if self.config.stage1.surgery_axis == "batch":
+            # Batch-axis surgery features depend on which images share a batch: nothing per image to cache.
+            log.info("feature cache off: stage1.surgery_axis=batch makes features batch-dependent")
+            return None
+        root = Path(self.config.cache.dir) if self.config.cache.dir else aaclip_home() / "cache" / "features"
+        return FeatureCache(root, backbone_key(self.config))
+
+    def autocast(self):
+        if self.device.type == "cuda" and self.config.model.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()  # bf16 on CPU is ~300x slower here (DESIGN §8): fp32
+
+    # -------------------------------------------------------------------------------------------------------------
+    # Data
+
+    def batch_size(self, stage: int) -> int:
+        return self.config.data.text_batch if stage == TEXT else self.config.data.image_batch
+
+    def steps_per_epoch(self, stage: int) -> int:
+        return math.ceil(len(self.datasets[stage]) / self.batch_size(stage))
+
+    def loader(self, plan: StagePlan, epoch_in_stage: int) -> DataLoader:
+        """Shuffled by the model seed and position only; augmentation draws by the data seed and position."""
+        dataset = self.datasets[plan.stage]
+        dataset.set_epoch(1000 * (plan.loop - 1) + epoch_in_stage)
+        generator = torch.Generator().manual_seed(stable_seed(self.config.seed, plan.loop, plan.stage,
+                                                              epoch_in_stage))
+        return DataLoader(dataset, batch_size=self.batch_size(plan.stage), shuffle=True, generator=generator,
+                          num_workers=self.config.data.workers, collate_fn=self.collate)
+
+    def collate(self, items: list[dict]) -> dict:
+        batch = torch.utils.data.default_collate(items)
+        batch["class_index"] = torch.tensor([self.class_to_index[item["class_name"]] for item in items])
+        return batch
+
+    # -------------------------------------------------------------------------------------------------------------
+    # Stage inputs
+
+    def stage1_targets(self, batch: dict, loop: int) -> torch.Tensor:
+        images = batch["image"].to(self.device)
+        if loop > 1:  # feedback: the image adapters trained in the previous loop supply the targets (§7.4)
+            self.model.eval()
+            targets = self.model.adapted_targets(images)
+            self.model.train()
+            return targets
+        dataset = self.datasets[TEXT]
+        draw_keys = [dataset.draw_key(int(index)) for index in batch["index"]]
+        with self.autocast():
+            targets = cached_targets(self.cache, draw_keys,
+                                     lambda rows: self.model.frozen_targets(images[rows]).float())
+        return targets.to(self.device)
+
+    @torch.no_grad()
+    def prepare_stage(self, plan: StagePlan) -> None:
+        """Stage 2 needs fixed anchors (no cross-attention, §7.6) and per-class text contexts, once per loop."""
+        if plan.stage != IMAGE or self._prepared == (plan.loop, plan.stage):
+            return
+        self.model.eval()
+        self.stage2_anchors = self.model.class_anchors(self.train_tokens)
+        self.stage2_text_context = self.model.text_context(self.train_tokens)
+        self._prepared = (plan.loop, plan.stage)
+
+    def evaluate(self, loop: int, gallery: Path | None = None, split: str = "val") -> dict[str, float]:
+        records = self.val_records if split == "val" else load_records(self.config.data.test)
+        spec = self.config.data.val if split == "val" else self.config.data.test
+        return evaluate_records(self.model, records, self.config, self.device, prefix=split,
+                                prompt_names=spec.prompt_names, gallery=gallery, autocast=self.autocast)
+
+
+def build_session(config: TrainConfig, out_dir: Path | None = None) -> Session:
+    """Everything fails here, before training starts: data roots, masks, class prompts, backbone fit."""
+    train_records = load_records(config.data.train)
+    val_records = load_records(config.data.val)
+    device = resolve_device(config.model.device)
+    model = build_model(config, device)
+    model.tokenize(class_names(val_records), config.data.val.prompt_names)  # every val class has prompts
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return Session(config, model, device, train_records, val_records)

@@ -1,0 +1,294 @@
+"""Feedback training: Stage 1 (text) -> Stage 2 (image), repeated `feedback.loops` times (reference §6, §8).
+
+One epoch loop (`run_epoch`) serves both stages; a stage is a loss function over a batch plus the parameter
+groups it trains. `fit` walks the feedback plan, evaluates, checkpoints after every epoch and calls back with
+a flat metrics dict (DESIGN §4 names) and the checkpoint directory.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from aaclip import losses
+from aaclip.checkpoint import load_adapters, load_into, load_state, read_base_adapters, save_checkpoint
+from aaclip.config import TrainConfig
+from aaclip.schedule import IMAGE, TEXT, StagePlan, feedback_plan, loop_lr, lr_factor
+from aaclip.session import Session, build_session
+
+EpochCallback = Callable[[dict[str, float], Path], None]
+METRICS = ("pixel_auroc", "pixel_ap", "image_auroc", "image_ap", "pixel_aupro")
+REPORTED_METRICS = {
+    "loop", "stage", "epoch", "stage_epoch", "step", "train/text_loss", "train/image_loss", "train/nonfinite_steps",
+    "grad/text_adapter", "grad/text_cross_attn", "grad/image_adapter", "grad/image_cross_attn",
+    "grad/image_adapter_share", "scale/text", "scale/image", "lr/text", "lr/image", "time/epoch_s",
+    "time/images_per_s", *(f"val/{metric}" for metric in METRICS),
+}
+STAGE_GROUPS = {TEXT: ("text_adapter", "text_cross_attn"), IMAGE: ("image_adapter", "image_cross_attn")}
+
+
+@dataclass
+class FitResult:
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    out_dir: Path
+
+
+@dataclass
+class Position:
+    """Where training stands: the last completed epoch. A fresh run starts at plan item 0, 0 epochs done."""
+    plan_index: int = 0
+    epochs_done_in_stage: int = 0
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage losses
+
+
+def cross_attention_active(config: TrainConfig, loop: int) -> bool:
+    return config.cross_attention.enabled and loop >= config.cross_attention.start_loop
+
+
+def text_stage_loss(session: Session, batch: dict, loop: int) -> torch.Tensor:
+    """Stage 1: anchors (with grad, per class in the batch) against frozen or adapted patch targets (§5.3)."""
+    model, config = session.model, session.config
+    targets = session.stage1_targets(batch, loop)  # [B, K, L, E]
+    class_index = batch["class_index"].to(session.device)
+    present, inverse = torch.unique(class_index, return_inverse=True)
+    context = None
+    if cross_attention_active(config, loop):
+        # Per-class mean of the level-0 features: each class's prompts see images of that class (not the whole
+        # mixed batch as in the reference, §13.11).
+        level0 = targets[:, 0]
+        context = torch.stack([level0[class_index == c].mean(dim=0) for c in present])
+    anchors = model.class_anchors(session.train_tokens[present], context)[inverse]  # [B, E, 2]
+    masks = batch["mask"].to(session.device)
+    levels = range(targets.shape[1]) if config.stage1.loss_levels == "all" else [targets.shape[1] - 1]
+    size = config.model.image_size
+    segmentation = sum(losses.segmentation_loss(
+        losses.training_probabilities(losses.similarity_logits(targets[:, k], anchors), size), masks)
+        for k in levels)
+    return segmentation + config.stage1.ortho_weight * losses.orthogonality_loss(anchors)
+
+
+def image_stage_loss(session: Session, batch: dict, loop: int) -> torch.Tensor:
+    return image_loss(session, batch, cross_attention_active(session.config, loop))
+
+
+def image_loss(session: Session, batch: dict, use_cross_attention: bool) -> torch.Tensor:
+    """Stage 2: fixed anchors, adapted image tower (+ image cross-attention): CE + summed seg losses (§5.3)."""
+    class_index = batch["class_index"].to(session.device)
+    anchors = session.stage2_anchors[class_index]
+    context = session.stage2_text_context[class_index] if use_cross_attention else None
+    with session.autocast():
+        features = session.model.encode_image(batch["image"].to(session.device), context)
+    masks = batch["mask"].to(session.device)
+    size = session.config.model.image_size
+    segmentation = sum(losses.segmentation_loss(
+        losses.training_probabilities(losses.similarity_logits(tokens.float(), anchors), size), masks)
+        for tokens in features.seg_tokens)
+    labels = batch["label"].to(session.device)
+    return losses.classification_loss(features.det_token.float(), anchors, labels) + segmentation
+
+
+STAGE_LOSSES = {TEXT: text_stage_loss, IMAGE: image_stage_loss}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One epoch, either stage
+
+
+def group_norms(groups: dict[str, list[nn.Parameter]]) -> dict[str, float]:
+    norms = {}
+    for name, parameters in groups.items():
+        grads = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
+        norms[name] = torch.stack(grads).norm().item() if grads else 0.0
+    return norms
+
+
+def run_epoch(session: Session, plan: StagePlan, optimizer: torch.optim.Optimizer, position: Position,
+              stage_step: int, total_steps: int) -> dict[str, float]:
+    """Train one epoch of `plan.stage`; returns the epoch's metrics (loss, mean gradient norms, lr, speed)."""
+    config, model = session.config, session.model
+    loader = session.loader(plan, position.epochs_done_in_stage)
+    groups = {name: session.groups[name] for name in STAGE_GROUPS[plan.stage]}
+    schedule = config.optim.text_schedule if plan.stage == TEXT else config.optim.schedule
+    loss_sum, norm_sums, steps, images, nonfinite = 0.0, dict.fromkeys(groups, 0.0), 0, 0, 0
+    started = time.perf_counter()
+    model.train()
+    for batch in loader:
+        factor = lr_factor(stage_step, total_steps, len(loader), config.optim, schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        loss = STAGE_LOSSES[plan.stage](session, batch, plan.loop)
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            nonfinite += 1  # never step on a NaN: report it, and let the caller (or a study's guard) decide
+            loss_sum, stage_step, steps = math.nan, stage_step + 1, steps + 1
+            continue
+        loss.backward()
+        for name, value in group_norms(groups).items():
+            norm_sums[name] += value
+        if config.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for ps in groups.values() for p in ps], config.optim.grad_clip)
+        optimizer.step()
+        loss_sum += loss.item()
+        steps, stage_step, images = steps + 1, stage_step + 1, images + len(batch["label"])
+    elapsed = time.perf_counter() - started
+    return epoch_metrics(plan, loss_sum, norm_sums, steps, images, nonfinite, elapsed, optimizer)
+
+
+def epoch_metrics(plan: StagePlan, loss_sum: float, norm_sums: dict[str, float], steps: int, images: int,
+                  nonfinite: int, elapsed: float, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    name = "text" if plan.stage == TEXT else "image"
+    mean_norms = {f"grad/{group}": total / max(1, steps - nonfinite) for group, total in norm_sums.items()}
+    metrics = {f"train/{name}_loss": loss_sum / max(1, steps), **mean_norms,
+               f"lr/{name}": optimizer.param_groups[0]["lr"], "train/nonfinite_steps": float(nonfinite),
+               "time/epoch_s": elapsed, "time/images_per_s": images / max(elapsed, 1e-9)}
+    if plan.stage == IMAGE:
+        adapter, cross = mean_norms["grad/image_adapter"], mean_norms["grad/image_cross_attn"]
+        total = math.hypot(adapter, cross)
+        metrics["grad/image_adapter_share"] = adapter / total if total > 0 else 1.0
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The feedback schedule
+
+
+def make_optimizer(session: Session, plan: StagePlan) -> torch.optim.Optimizer:
+    config = session.config
+    stage_lr = config.optim.text_lr if plan.stage == TEXT else config.optim.image_lr
+    adapter_group, cross_group = STAGE_GROUPS[plan.stage]
+    cross_lr = config.optim.cross_attn_lr or stage_lr
+    groups = [{"params": session.groups[adapter_group], "base_lr": loop_lr(stage_lr, plan.loop, config.feedback)},
+              {"params": session.groups[cross_group], "base_lr": loop_lr(cross_lr, plan.loop, config.feedback)}]
+    groups = [group for group in groups if group["params"]]
+    for group in groups:
+        group["lr"] = group["base_lr"]
+    kind = torch.optim.AdamW if config.optim.kind == "adamw" else torch.optim.Adam
+    return kind(groups, betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay)
+
+
+def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = None,
+        resume: Path | None = None) -> FitResult:
+    """Run the whole feedback schedule; resumable after any epoch from the checkpoint passed to `on_epoch`."""
+    out_dir = Path(out_dir)
+    session = build_session(config, out_dir)
+    plan = feedback_plan(config.feedback)
+    position, optimizer_states = Position(), {}
+    if resume is not None:
+        position, optimizer_states = restore(session, Path(resume))
+    else:
+        apply_init(session)
+    (out_dir / "config.yaml").write_text(config.to_yaml())
+    optimizers: dict[int, torch.optim.Optimizer] = {}
+    while position.plan_index < len(plan):
+        stage_plan = plan[position.plan_index]
+        optimizer = stage_optimizer(session, stage_plan, optimizers, optimizer_states, position)
+        session.prepare_stage(stage_plan)
+        steps_per_epoch = len(session.loader(stage_plan, 0))
+        metrics = run_epoch(session, stage_plan, optimizer, position,
+                            position.epochs_done_in_stage * steps_per_epoch, steps_per_epoch * stage_plan.epochs)
+        advance(position, stage_plan, steps_per_epoch)
+        metrics |= position_metrics(session, stage_plan, position)
+        if evaluation_due(config, stage_plan, position, plan):
+            metrics |= session.evaluate(stage_plan.loop, gallery=out_dir / "gallery.png")
+        position.history.append(metrics)
+        checkpoint = write_checkpoint(session, out_dir / "checkpoint", position, optimizers)
+        if on_epoch is not None:
+            on_epoch(metrics, checkpoint)
+        if position.epochs_done_in_stage == stage_plan.epochs:
+            position.plan_index, position.epochs_done_in_stage = position.plan_index + 1, 0
+    final = position.history[-1] if position.history else {}
+    (out_dir / "metrics.json").write_text(json.dumps(final, indent=2))
+    return FitResult(final, position.history, out_dir)
+
+
+def stage_optimizer(session: Session, plan: StagePlan, optimizers: dict, saved: dict, position: Position):
+    """The stage's optimizer: fresh at each loop when feedback.reset_optimizer (reference), else carried."""
+    fresh_stage = position.epochs_done_in_stage == 0
+    current = optimizers.get(plan.stage)
+    if current is None or (fresh_stage and session.config.feedback.reset_optimizer) or \
+            getattr(current, "loop", None) != plan.loop:
+        previous = current
+        current = make_optimizer(session, plan)
+        if plan.stage in saved:  # restoring mid-run: the state saved with the checkpoint
+            current.load_state_dict(saved.pop(plan.stage))
+        elif previous is not None and not session.config.feedback.reset_optimizer:
+            current.load_state_dict(previous.state_dict() | {"param_groups": current.state_dict()["param_groups"]})
+        current.loop = plan.loop
+        optimizers[plan.stage] = current
+    return current
+
+
+def advance(position: Position, plan: StagePlan, steps_per_epoch: int) -> None:
+    position.epochs_done_in_stage += 1
+    position.epoch += 1
+    position.step += steps_per_epoch
+
+
+def position_metrics(session: Session, plan: StagePlan, position: Position) -> dict[str, float]:
+    cross = session.model
+    return {"loop": float(plan.loop), "stage": float(plan.stage), "epoch": float(position.epoch),
+            "stage_epoch": float(position.epochs_done_in_stage), "step": float(position.step),
+            "scale/text": cross.text_cross_attn.scale.item(), "scale/image": cross.image_cross_attn.scale.item()}
+
+
+def evaluation_due(config: TrainConfig, plan: StagePlan, position: Position, full_plan: list[StagePlan]) -> bool:
+    if config.eval.every == "epoch":
+        return True
+    return plan.stage == IMAGE and position.epochs_done_in_stage == plan.epochs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints and starting points
+
+
+def write_checkpoint(session: Session, folder: Path, position: Position, optimizers: dict) -> Path:
+    state = {
+        "position": {"plan_index": position.plan_index, "epochs_done_in_stage": position.epochs_done_in_stage,
+                     "epoch": position.epoch, "step": position.step},
+        "history": position.history,
+        "optimizers": {stage: optimizer.state_dict() for stage, optimizer in optimizers.items()},
+        "optimizer_loops": {stage: optimizer.loop for stage, optimizer in optimizers.items()},
+        "rng": torch.get_rng_state(),
+    }
+    return save_checkpoint(folder, session.model.trainable_state(), state, session.config)
+
+
+def restore(session: Session, folder: Path) -> tuple[Position, dict]:
+    state = load_state(folder, session.config)
+    load_into(session.model, load_adapters(folder) | clip_state(session.model), str(folder / "adapters.pt"))
+    torch.set_rng_state(state["rng"])
+    saved = state["position"]
+    position = Position(saved["plan_index"], saved["epochs_done_in_stage"], saved["epoch"], saved["step"],
+                        list(state["history"]))
+    plan = feedback_plan(session.config.feedback)
+    if position.epochs_done_in_stage == plan[position.plan_index].epochs:  # the checkpoint closed a stage
+        position.plan_index, position.epochs_done_in_stage = position.plan_index + 1, 0
+    current_loop = plan[min(position.plan_index, len(plan) - 1)].loop
+    optimizers = {int(stage): optimizer for stage, optimizer in state["optimizers"].items()
+                  if state["optimizer_loops"][stage] == current_loop or not session.config.feedback.reset_optimizer}
+    return position, optimizers
+
+
+def clip_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value for key, value in model.state_dict().items() if key.startswith("clip.")}
+
+
+def apply_init(session: Session) -> None:
+    """Start from base adapters (init.*): a finished base run seeds a feedback study (reference §8.1)."""
+    for part in ("text_adapter", "image_adapter"):
+        path = getattr(session.config.init, part)
+        if path:
+            load_into(getattr(session.model, part), read_base_adapters(path, part), f"init.{part}: {path}")

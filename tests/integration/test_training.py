@@ -1,0 +1,141 @@
+"""Training on the tiny backbone and real generated files: what each stage trains, bit-for-bit resume,
+the feature cache, starting from base adapters, and checkpoints that are refused."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from aaclip.checkpoint import load_adapters
+from aaclip.config import TrainConfig, apply_overrides, validate_config
+from aaclip.errors import CheckpointError
+from aaclip.features import FeatureCache, cached_targets
+from aaclip.schedule import IMAGE, TEXT, StagePlan
+from aaclip.session import build_session
+from aaclip.train import Position, apply_init, fit, make_optimizer, run_epoch
+
+
+def with_overrides(config: TrainConfig, **overrides) -> TrainConfig:
+    return validate_config(apply_overrides(config.to_dict(), overrides))
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.clone() for key, value in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("stage, trained", [(TEXT, ("text_adapter", "text_cross_attn")),
+                                            (IMAGE, ("image_adapter", "image_cross_attn"))])
+def test_each_stage_changes_exactly_its_parameters(tiny_config: TrainConfig, stage: int, trained: tuple) -> None:
+    config = with_overrides(tiny_config, **{"cross_attention.text_scale.learnable": True,
+                                            "cross_attention.image_scale.learnable": True})
+    session = build_session(config)
+    plan = StagePlan(loop=1, stage=stage, epochs=1)
+    session.prepare_stage(plan)
+    before = snapshot(session.model)
+    run_epoch(session, plan, make_optimizer(session, plan), Position(), 0, session.steps_per_epoch(stage))
+    after = session.model.state_dict()
+    changed = {key.split(".")[0] for key in before if not torch.equal(before[key], after[key])}
+    assert changed == set(trained)
+    parts = {key.split(".")[0] for key in before}
+    for part in parts - set(trained):  # CLIP and the other stage's modules untouched, bit for bit
+        assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(part + "."))
+
+
+def comparable(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in metrics.items() if not k.startswith("time/")} for metrics in history]
+
+
+def test_interrupted_fit_resumes_bit_for_bit(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    config = with_overrides(tiny_config, **{"feedback.image_epochs": 2, "eval.every": "epoch"})
+    whole = fit(config, out_dir=tmp_path / "whole")
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_third_epoch(metrics: dict, checkpoint: Path) -> None:
+        if metrics["epoch"] == 3:  # mid Stage 2 of loop 1: optimizer moments and lr schedule in flight
+            shutil.copytree(checkpoint, tmp_path / "saved")
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(config, out_dir=tmp_path / "first", on_epoch=stop_after_third_epoch)
+    resumed = fit(config, out_dir=tmp_path / "second", resume=tmp_path / "saved")
+    assert comparable(resumed.history) == comparable(whole.history)
+    final_whole, final_resumed = load_adapters(tmp_path / "whole/checkpoint"), load_adapters(
+        tmp_path / "second/checkpoint")
+    assert final_whole.keys() == final_resumed.keys()
+    assert all(torch.equal(final_whole[k], final_resumed[k]) for k in final_whole)
+    assert (tmp_path / "whole/gallery.png").stat().st_size > 0
+
+
+def test_fit_reports_the_documented_metrics(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    from aaclip.train import REPORTED_METRICS
+
+    result = fit(tiny_config, out_dir=tmp_path / "run")
+    reported = set().union(*(m.keys() for m in result.history))
+    assert {k for k in reported if k.count("/") < 2} <= REPORTED_METRICS
+    last = result.metrics
+    assert {"val/pixel_auroc", "val/image_auroc", "grad/image_adapter_share", "scale/image"} <= set(last)
+    assert 0 < last["grad/image_adapter_share"] <= 1
+    assert [m["loop"] for m in result.history] == [1, 1, 2, 2]
+    assert (tmp_path / "run/metrics.json").is_file() and (tmp_path / "run/config.yaml").is_file()
+
+
+def test_feature_cache_matches_fresh_computation(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    session = build_session(tiny_config)
+    dataset = session.datasets[TEXT]
+    items = [dataset[i] for i in range(4)]
+    images = torch.stack([item["image"] for item in items])
+    keys = [dataset.draw_key(i) for i in range(4)]
+    fresh = session.model.frozen_targets(images)
+    cache = FeatureCache(tmp_path / "cache", "backbone")
+    first = cached_targets(cache, keys, lambda rows: session.model.frozen_targets(images[rows]))
+    assert cache.misses == 4 and cache.hits == 0
+    other_process = FeatureCache(tmp_path / "cache", "backbone")
+    second = cached_targets(other_process, keys, lambda rows: pytest.fail("must read the cache"))
+    assert other_process.hits == 4
+    torch.testing.assert_close(first, fresh.to(torch.float16).float())
+    assert torch.equal(first, second)
+
+
+def reference_files(folder: Path, session) -> tuple[Path, Path]:
+    """Checkpoints in the reference implementation's format (reference §6.2)."""
+    folder.mkdir()
+    text, image = folder / "text_adapter.pth", folder / "image_adapter_20.pth"
+    torch.save({"epoch": 5, "text_adapter": session.model.text_adapter.state_dict(), "text_optimizer": {}}, text)
+    torch.save({"epoch": 20, "image_adapter": session.model.image_adapter.state_dict()}, image)
+    return text, image
+
+
+def test_init_from_reference_checkpoints(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    donor = build_session(with_overrides(tiny_config, seed=5))
+    text, image = reference_files(tmp_path / "base", donor)
+    config = with_overrides(tiny_config, **{"init.text_adapter": str(text), "init.image_adapter": str(image)})
+    session = build_session(config)
+    apply_init(session)
+    for part in ("text_adapter", "image_adapter"):
+        expected = getattr(donor.model, part).state_dict()
+        assert all(torch.equal(v, getattr(session.model, part).state_dict()[k]) for k, v in expected.items())
+
+
+def test_refused_checkpoints(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        fit(tiny_config, out_dir=tmp_path / "a", resume=tmp_path / "empty")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "state.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint state"):
+        fit(tiny_config, out_dir=tmp_path / "b", resume=junk)
+    small = build_session(with_overrides(tiny_config, **{"model.name": "aaclip-small", "model.image_size": 112,
+                                                         "adapters.levels": [2, 4, 6, 8]}))
+    text, _ = reference_files(tmp_path / "small", small)
+    config = with_overrides(tiny_config, **{"init.text_adapter": str(text)})
+    with pytest.raises(CheckpointError, match="written for another architecture"):
+        apply_init(build_session(config))
+    not_reference = tmp_path / "weights.pth"
+    torch.save({"something": torch.zeros(2)}, not_reference)
+    with pytest.raises(CheckpointError, match="no 'image_adapter' entry"):
+        apply_init(build_session(with_overrides(tiny_config, **{"init.image_adapter": str(not_reference)})))
