@@ -155,7 +155,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         if _is_torchscript(path):
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
-            return {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+            # Attributes of the OpenAI/traced module that are not weights of an open_clip CLIP.
+            extras = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+            return {k: v for k, v in state.items() if k not in extras}
         state = load_state_dict(str(path), weights_only=True)
     except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as error:  # unreadable input
         raise BackboneError(f"model.pretrained: {path} is not a readable CLIP checkpoint ({error.__class__.__name__})")

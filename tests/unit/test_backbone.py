@@ -3,6 +3,7 @@ resizes positional embeddings like the reference, and fails fast without a hub."
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,17 @@ def test_reference_architecture_builds_at_518() -> None:
     info = describe(clip)
     assert (info.grid, info.vision_width, info.vision_layers, info.text_width, info.embed_dim) == (37, 1024, 24,
                                                                                                     768, 768)
+
+
+def test_torchscript_archive_loads_with_quick_gelu(tmp_path: Path) -> None:
+    """OpenAI ships TorchScript archives (ViT-L-14-336px.pt); activation then follows the weights (QuickGELU)."""
+    source = load_clip(ModelConfig(name="aaclip-tiny", pretrained=None, image_size=64))
+    example = (torch.randn(1, 3, 64, 64), torch.zeros(1, 77, dtype=torch.long))
+    with warnings.catch_warnings():  # tracing warns about python values; the archive is what matters here
+        warnings.simplefilter("ignore")
+        torch.jit.trace(source, example, strict=False).save(str(tmp_path / "openai-style.pt"))
+    loaded = load_clip(ModelConfig(name="aaclip-tiny", pretrained=str(tmp_path / "openai-style.pt"),
+                                   image_size=64))
+    assert type(loaded.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    for key, value in source.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
