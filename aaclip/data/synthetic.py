@@ -1,9 +1,14 @@
 """Generated anomaly datasets in the real MVTec or VisA layout, for tests, smoke runs and the embedded default.
 
 Two domains (aaclip.prompts.SYNTHETIC_DOMAINS): "texture" (weave, granite, planks: periodic or noisy patterns
-filling the frame) and "object" (disc, tablet, ring: one shape on a plain background). Both share the same five
-defect types, each drawn with an exact pixel mask, so a model trained on one domain can be judged on the other,
-as in the zero-shot protocol (train on VisA, evaluate on MVTec).
+filling the frame) and "object" (disc, tablet, ring: one shape on a plain, light inspection table). Both share
+the same five defect types, each drawn with an exact pixel mask, so a model trained on one domain can be judged
+on the other, as in the zero-shot protocol (train on VisA, evaluate on MVTec).
+
+Sizes and colours are chosen so that the tiny CPU setup (64 px, 8 px patches) can learn something that carries
+across domains: line defects are at least ~1 px wide at 64 px, stains are oil, rust or ink rather than the brown
+of the textures themselves, and no object sits on a dark or blue backdrop (a model trained on warm textures
+otherwise learns "dark or blue = defect" and scores the whole backdrop as anomalous).
 
 Every image comes from its own generator seeded by (domain, seed, class, split, defect, index): the same
 arguments give the same bytes, and a subset of categories gives the same images for those categories.
@@ -41,7 +46,7 @@ CLASS_DEFECTS = {
     "tablet": ("crack", "stain", "spot"), "ring": ("missing", "crack", "scratch"),
 }
 MANIFEST = "synthetic.json"  # written last: its presence marks a complete tree
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: defect sizes and colours, object backgrounds
 
 
 def synthetic_root(domain: str, seed: int) -> Path:
@@ -88,7 +93,8 @@ def ensure_synthetic(root: Path, domain: str, seed: int) -> str:
     if manifest is None:
         generate_synthetic(root, domain, seed)
         return "mvtec"
-    _require_same(root, manifest, {"domain": domain, "seed": seed})
+    # A tree from an older generator is refused (with a hint to delete it), never silently reused.
+    _require_same(root, manifest, {"format": FORMAT_VERSION, "domain": domain, "seed": seed})
     return manifest["layout"]
 
 
@@ -318,7 +324,7 @@ def paint_disc(rng: np.random.Generator, size: int) -> Scene:
     radius = rng.uniform(0.28, 0.33)
     distance = np.hypot(dy, dx) / radius
     brushed = 0.05 * np.sin(12 * np.arctan2(dy, dx) + rng.uniform(0, 2 * np.pi))  # machining marks
-    return _object(rng, size, distance <= 1, 1.15 - 0.35 * distance + brushed, (170, 172, 178), (45, 55, 70))
+    return _object(rng, size, distance <= 1, 1.15 - 0.35 * distance + brushed, (170, 172, 178), (215, 205, 185))
 
 
 def paint_tablet(rng: np.random.Generator, size: int) -> Scene:
@@ -326,7 +332,12 @@ def paint_tablet(rng: np.random.Generator, size: int) -> Scene:
     angle = rng.uniform(-0.3, 0.3)
     along, across = dx * math.cos(angle) + dy * math.sin(angle), dy * math.cos(angle) - dx * math.sin(angle)
     distance = np.hypot(along / rng.uniform(0.36, 0.40), across / rng.uniform(0.20, 0.24))
-    return _object(rng, size, distance <= 1, 1.0 - 0.15 * distance**2, (232, 230, 225), (60, 66, 82))
+    scene = _object(rng, size, distance <= 1, 1.0 - 0.15 * distance**2, (232, 230, 225), (215, 205, 185))
+    half = (size + 1) // 2  # small red speckles pressed into the tablet, as on MVTec's pill
+    speckles = np.repeat(np.repeat(rng.random((half, half)) < 0.05, 2, axis=0), 2, axis=1)[:size, :size]
+    speckles &= scene.support
+    scene.image[speckles] = 0.5 * scene.image[speckles] + 0.5 * _colour(rng, (200, 90, 80))
+    return scene
 
 
 def paint_ring(rng: np.random.Generator, size: int) -> Scene:
@@ -390,7 +401,7 @@ def _scratch(draw: ImageDraw.ImageDraw, centre: tuple[float, float], rng: np.ran
     bend = rng.uniform(-0.05, 0.05) * size  # a slightly curved stroke, bent at its middle
     points = [(centre[0] - half * ux, centre[1] - half * uy), (centre[0] - bend * uy, centre[1] + bend * ux),
               (centre[0] + half * ux, centre[1] + half * uy)]
-    draw.line(points, fill=255, width=max(1, round(size * rng.uniform(0.008, 0.016))), joint="curve")
+    draw.line(points, fill=255, width=max(1, round(size * rng.uniform(0.012, 0.024))), joint="curve")
 
 
 def _spot(draw: ImageDraw.ImageDraw, centre: tuple[float, float], rng: np.random.Generator, size: int) -> None:
@@ -404,7 +415,7 @@ def _crack(draw: ImageDraw.ImageDraw, centre: tuple[float, float], rng: np.rando
         heading += rng.uniform(-0.6, 0.6)
         step = rng.uniform(0.04, 0.07) * size
         points.append((points[-1][0] + step * math.cos(heading), points[-1][1] + step * math.sin(heading)))
-    width = max(1, round(size / 100))
+    width = max(1, round(size / 64))
     draw.line(points, fill=255, width=width)
     start = points[len(points) // 2]  # one branch from the middle
     branch = rng.uniform(0.05, 0.09) * size
@@ -457,7 +468,9 @@ def _recolour_crack(scene: Scene, region: np.ndarray, rng: np.random.Generator) 
 
 
 def _recolour_stain(scene: Scene, region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return _blend(scene, region, _colour(rng, (105, 72, 35), 0.15), rng.uniform(0.45, 0.6))
+    palette = np.asarray([(60, 45, 30), (130, 60, 25), (45, 50, 95)], dtype=np.float32)  # oil, rust, ink
+    colour = _colour(rng, tuple(palette[rng.integers(len(palette))]), 0.15)
+    return _blend(scene, region, colour, rng.uniform(0.5, 0.7))
 
 
 def _recolour_missing(scene: Scene, region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
