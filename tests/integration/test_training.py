@@ -139,3 +139,25 @@ def test_refused_checkpoints(tiny_config: TrainConfig, tmp_path: Path) -> None:
     torch.save({"something": torch.zeros(2)}, not_reference)
     with pytest.raises(CheckpointError, match="no 'image_adapter' entry"):
         apply_init(build_session(with_overrides(tiny_config, **{"init.image_adapter": str(not_reference)})))
+
+
+def test_v2_recipe_with_carried_optimizer_resumes_bit_for_bit(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    """AdamW, warmup + cosine, clipping, delayed cross-attention and optimizer state carried across loops."""
+    config = with_overrides(tiny_config, **{
+        "optim.kind": "adamw", "optim.weight_decay": 0.01, "optim.schedule": "cosine", "optim.warmup_epochs": 0.5,
+        "optim.grad_clip": 1.0, "feedback.reset_optimizer": False, "cross_attention.start_loop": 2,
+        "feedback.image_epochs": 2})
+    whole = fit(config, out_dir=tmp_path / "whole")
+    loop1 = [m for m in whole.history if m["loop"] == 1]
+    assert all(m.get("grad/image_cross_attn", 0.0) == 0.0 for m in loop1)  # not active before start_loop
+    assert any(m.get("grad/image_cross_attn", 0.0) > 0.0 for m in whole.history if m["loop"] == 2)
+
+    def stop_in_loop_two(metrics: dict, checkpoint: Path) -> None:
+        if metrics["epoch"] == 5:
+            shutil.copytree(checkpoint, tmp_path / "saved")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, out_dir=tmp_path / "first", on_epoch=stop_in_loop_two)
+    resumed = fit(config, out_dir=tmp_path / "second", resume=tmp_path / "saved")
+    assert comparable(resumed.history) == comparable(whole.history)
