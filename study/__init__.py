@@ -1,0 +1,11 @@
+"""Hyperparameter studies over aaclip's feedback training: Ray Tune + Optuna, tracked in MLflow (DESIGN §5-§6).
+
+    spec.py       study spec (search_spaces/*.yaml): parsing and every up-front check
+    space.py      search space -> Optuna define-by-run function, grid points
+    searcher.py   OptunaSearch that tells pruned/failed trials truthfully; the baseline trial first
+    trainable.py  one trial = one aaclip.train.fit, reported to Tune and logged to MLflow from the worker
+    tracking.py   MLflow parent/child runs found by tags (idempotent per trial)
+    guard.py      gradient guard stopper; callbacks.py: outcomes to MLflow, progress lines
+    launch.py     run and resume (Ray, tracking server, Tuner); server.py: the embedded MLflow server
+    status.py, export.py, report.py, plots.py, cli.py (`aaclip-study`)
+"""

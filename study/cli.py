@@ -1,0 +1,135 @@
+"""`aaclip-study`: run, resume, inspect, export and report hyperparameter studies (DESIGN §1, §5).
+
+    aaclip-study run search_spaces/smoke.yaml
+    aaclip-study status smoke
+    aaclip-study export smoke -o best.yaml && aaclip train best.yaml
+
+Errors a user can cause print one line, `error: <message>`, on stderr and exit with code 2. Heavy imports
+(Ray, torch) happen inside the commands, so `--help` and a refused spec answer at once.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from aaclip.errors import AaclipError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Ray Tune studies over AA-CLIP feedback training, tracked in MLflow.")
+
+TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow server; default $MLFLOW_TRACKING_URI, else the "
+                                                           "local embedded server under $AACLIP_HOME/mlflow.")
+AddressOption = typer.Option(None, "--address", help="Ray cluster address; default $RAY_ADDRESS, else a local Ray.")
+
+
+def echo(*parts: object, flush: bool = True) -> None:
+    print(*parts, flush=flush)
+
+
+def note(*parts: object, flush: bool = True) -> None:
+    print(*parts, file=sys.stderr, flush=flush)
+
+
+def _client(tracking_uri: Optional[str]):
+    from study.server import resolve_tracking_uri
+    from study.tracking import tracking_client
+
+    return tracking_client(resolve_tracking_uri(tracking_uri, echo=note))
+
+
+@app.command()
+def run(spec: str = typer.Argument(..., help="A study spec file, or a shipped spec name (smoke)."),
+        name: Optional[str] = typer.Option(None, "--name", help="Study name (default: the spec's name)."),
+        address: Optional[str] = AddressOption,
+        tracking_uri: Optional[str] = TrackingOption,
+        storage: Optional[str] = typer.Option(None, "--storage", help="Ray results: path or s3:// URI."),
+        num_samples: Optional[int] = typer.Option(None, "--num-samples", min=1, help="Searched trials."),
+        smoke_test: bool = typer.Option(False, "--smoke-test", help="2 trials, 1 loop: check the wiring.")) -> None:
+    """Launch a study; prints where to watch it in MLflow."""
+    from study.spec import load_study
+
+    study = load_study(spec, name=name, num_samples=num_samples, smoke_test=smoke_test)  # before anything starts
+    from study.launch import run_study
+
+    result = run_study(study, address=address, tracking_uri=tracking_uri, storage=storage, echo=echo)
+    report_failures(result)
+
+
+def report_failures(result) -> None:
+    """A note when some trials failed; exit code 1 when all did (nothing to export)."""
+    if result.errors:
+        note(f"{result.errors} of {result.trials} trials failed; see `aaclip-study status {result.name}`")
+    if result.trials and result.errors == result.trials:
+        raise typer.Exit(1)
+
+
+@app.command()
+def resume(name: str = typer.Argument(..., help="The study to continue."),
+           address: Optional[str] = AddressOption, tracking_uri: Optional[str] = TrackingOption) -> None:
+    """Continue a study whose driver stopped: unfinished trials resume from their checkpoints."""
+    from study.launch import resume_study
+
+    report_failures(resume_study(name, address=address, tracking_uri=tracking_uri, echo=echo))
+
+
+@app.command()
+def status(name: str = typer.Argument(...), tracking_uri: Optional[str] = TrackingOption,
+           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """One row per trial: state, key params, loop reached, objective, and why it stopped."""
+    from study.status import format_status, study_status
+
+    result = study_status(_client(tracking_uri), name)
+    echo(result.to_json() if as_json else format_status(result))
+
+
+@app.command()
+def export(name: str = typer.Argument(...),
+           output: Path = typer.Option(..., "-o", "--output", help="The TrainConfig YAML to write."),
+           trial: Optional[str] = typer.Option(None, "--trial", help="A trial id or name (default: the best)."),
+           tracking_uri: Optional[str] = TrackingOption) -> None:
+    """Write the best (or a chosen) trial's complete TrainConfig, with provenance, for `aaclip train`."""
+    from study.export import export_trial
+
+    provenance = export_trial(_client(tracking_uri), name, output, trial)
+    echo(f"wrote {output}: trial {provenance['trial']} ({provenance['metric']} = {provenance['value']}); "
+         f"retrain with `aaclip train {output}`")
+
+
+@app.command()
+def report(name: str = typer.Argument(...),
+           output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder (default ./<name>-report)."),
+           tracking_uri: Optional[str] = TrackingOption) -> None:
+    """Optimisation history, parameter importances, parallel coordinates, best vs baseline per class."""
+    from study.report import write_report
+
+    index = write_report(_client(tracking_uri), name, output or Path(f"{name}-report"))
+    echo(f"wrote {index} (and its PNG files); also logged to the study's parent run under report/")
+
+
+@app.command()
+def server(stop: bool = typer.Option(False, "--stop", help="Stop the local server instead.")) -> None:
+    """Start (or find) the local embedded MLflow server and print its address."""
+    from study.server import ensure_server, stop_server
+
+    if stop:
+        echo("stopped" if stop_server() else "no local server was running")
+        return
+    info = ensure_server()
+    echo(f"MLflow UI: {info.uri} (pid {info.pid})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        app(args=argv)  # standalone: typer reports usage errors itself (exit 2) and exits
+    except AaclipError as error:
+        note(f"error: {error}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

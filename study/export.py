@@ -1,0 +1,73 @@
+"""`aaclip-study export NAME -o FILE`: the winning trial as a complete TrainConfig YAML (DESIGN §5).
+
+The trial is chosen from MLflow (the source of truth) among trials that ran their whole schedule, so that
+`aaclip train FILE` repeats exactly the run that earned the value. The file carries its provenance; aaclip's
+config loader ignores that section.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aaclip.config import read_yaml, validate_config
+from study.errors import StudyError
+from study.tracking import STUDY, TRIAL_ID, require_parent_run, trial_runs
+
+
+def package_version() -> str:
+    try:
+        return version("aaclip-study")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def choose_trial(runs: list, metric: str, mode: str, trial: str | None = None):
+    """The named trial (id, name or run id), else the best completed trial by its final objective."""
+    if trial:
+        for run in runs:
+            if trial in (run.data.tags.get(TRIAL_ID), run.info.run_name, run.info.run_id):
+                return run
+        names = ", ".join(run.info.run_name for run in runs) or "none"
+        raise StudyError(f"--trial {trial}: no such trial in this study (trials: {names})")
+    completed = [run for run in runs if run.data.tags.get("aaclip.outcome") == "completed"
+                 and math.isfinite(run.data.metrics.get(metric, math.nan))]
+    if not completed:
+        raise StudyError(f"no trial has completed with a finite {metric} yet; wait, or pick one with --trial")
+    sign = 1.0 if mode == "max" else -1.0
+    return max(completed, key=lambda run: sign * run.data.metrics[metric])
+
+
+def export_trial(client, name: str, output: Path, trial: str | None = None) -> dict[str, Any]:
+    """Write the chosen trial's config with provenance to `output`; returns the provenance."""
+    parent = require_parent_run(client, name)
+    metric, mode = parent.data.tags["aaclip.objective"], parent.data.tags["aaclip.mode"]
+    run = choose_trial(trial_runs(client, parent), metric, mode, trial)
+    with tempfile.TemporaryDirectory() as folder:
+        config_file = Path(client.download_artifacts(run.info.run_id, "config.yaml", folder))
+        data = read_yaml(config_file)
+    validate_config(data, source=f"trial {run.info.run_name} config.yaml")  # export only what trains
+    provenance = {
+        "study": parent.data.tags[STUDY], "trial": run.info.run_name, "trial_id": run.data.tags.get(TRIAL_ID),
+        "mlflow_run_id": run.info.run_id, "tracking_uri": client.tracking_uri, "metric": metric,
+        "value": run.data.metrics.get(metric), "baseline": run.data.tags.get("aaclip.baseline") == "true",
+        "package_version": package_version(), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_atomically(output, yaml.safe_dump({**data, "provenance": provenance}, sort_keys=False))
+    return provenance
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise StudyError(f"-o {path}: folder {path.parent} does not exist")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.replace(temporary, path)

@@ -1,0 +1,319 @@
+"""Launch and resume a study: Ray, the tracking server, the parent run, and the Tuner (DESIGN §5-§6).
+
+Order matters: everything that can refuse a study (the spec, an existing study of the same name, a cluster
+without the requested GPUs, an unreachable tracking server) is checked before the parent run is written or a
+trial starts, so a refused study leaves nothing half-made behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import ray
+import yaml
+from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
+
+from aaclip.home import aaclip_home
+from study.callbacks import OutcomeRecorder, Progress
+from study.errors import StudyError
+from study.guard import GradientGuard
+from study.searcher import INDEX_KEY, BaselineFirst, StudyOptunaSearch, is_baseline
+from study.server import resolve_tracking_uri
+from study.spec import Study, parse_study
+from study.tracking import (
+    create_parent_run, ensure_experiment, find_parent_run, require_parent_run, runs_link, tracking_client,
+)
+from study.trainable import FORWARDED_ENV, TrialContext, run_trial
+
+Echo = Callable[..., None]
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say what matters
+
+
+@dataclass
+class StudyRun:
+    name: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    experiment_path: str
+    trials: int
+    errors: int
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where things go
+
+
+def storage_root(storage: str | None) -> str:
+    """Ray results: the given local path or URI, else $AACLIP_HOME/ray_results (never ~/ray_results)."""
+    if storage and "://" in storage:
+        return storage.rstrip("/")
+    return str(Path(storage).expanduser().resolve() if storage else aaclip_home() / "ray_results")
+
+
+def optuna_storage_url(study: Study) -> str:
+    if study.spec.searcher.storage:
+        return study.spec.searcher.storage
+    folder = aaclip_home() / "optuna"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'optuna.db'}"  # optuna-dashboard sqlite:///... shows the running study
+
+
+def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ray
+
+
+def connect_ray(address: str | None) -> bool:
+    """Connect to RAY_ADDRESS / --address, or start a local Ray; True if this call started the connection."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+    options: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
+                               "logging_level": "WARNING"}
+    if not address:
+        # A local cluster needs no token; with token auth on, Ray would also write ~/.ray/auth_token (DESIGN §8).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        options["include_dashboard"] = False
+        # "local": a fresh Ray of our own; without it ray.init() joins whatever cluster this machine last
+        # started (/tmp/ray/ray_current_cluster), which is not what "no --address" promises.
+        address = "local"
+    ray.init(address=address, **options)
+    return True
+
+
+def preflight_data(study: Study) -> None:
+    """Local runs: read (or generate, for synthetic data) the base's datasets once, in the driver.
+
+    A missing dataset is then one line before any trial starts, not the same traceback from every trial, and
+    concurrent trials never race to generate the same synthetic dataset. Skipped for a remote cluster, whose
+    data paths need not exist on the driver's machine.
+    """
+    from aaclip.data.records import class_names, load_records
+
+    config = study.base_config
+    load_records(config.data.train)
+    validation_classes = class_names(load_records(config.data.val))
+    parts = study.spec.objective.metric.split("/")
+    if len(parts) == 3 and parts[1] not in validation_classes:
+        raise StudyError(f"{study.source}: objective.metric: the validation data has no class {parts[1]!r} "
+                         f"(classes: {', '.join(validation_classes)})")
+
+
+def warn_if_unreachable(uri: str, echo: Echo) -> None:
+    """A loopback tracking server is invisible to trials on other machines of a real cluster."""
+    host = uri.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+    nodes = {node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")}
+    if host in ("127.0.0.1", "localhost") and len(nodes) > 1:
+        echo(f"note: the tracking server {uri} listens on loopback, but the Ray cluster spans {len(nodes)} hosts; "
+             "trials elsewhere cannot log to it: pass --tracking-uri http://<a reachable host>:<port>")
+
+
+def check_cluster(study: Study) -> None:
+    resources = study.spec.trials.resources
+    cluster = ray.cluster_resources()
+    gpus, cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 0.0)
+    if resources.gpu > 0 and gpus == 0:
+        raise StudyError(f"{study.source}: trials.resources.gpu: {resources.gpu} GPU per trial requested, but the "
+                         "Ray cluster has no GPU (set it to 0, or connect to a GPU cluster with --address)")
+    if resources.gpu > gpus:
+        raise StudyError(f"{study.source}: trials.resources.gpu: {resources.gpu} GPUs per trial, but the cluster "
+                         f"has {gpus:g}")
+    if resources.cpu > cpus:
+        raise StudyError(f"{study.source}: trials.resources.cpu: {resources.cpu:g} CPUs per trial, but the cluster "
+                         f"has {cpus:g}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tuner parts
+
+
+class StudyASHA(AsyncHyperBandScheduler):
+    """ASHA that records the baseline's results (a fair reference for the rungs) but never stops it."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if is_baseline(trial.config) else decision
+
+
+def make_scheduler(study: Study) -> TrialScheduler:
+    spec = study.spec.scheduler
+    if spec.kind == "none":
+        return FIFOScheduler()
+    max_t = max(study.max_time(), spec.grace_period)
+    # stop_last_trials=False: a trial that reaches max_t has finished its own schedule; stopping it there would
+    # only race its last report.
+    return StudyASHA(time_attr=spec.time_attr, metric=study.spec.objective.metric,
+                     mode=study.spec.objective.mode, max_t=max_t, grace_period=spec.grace_period,
+                     reduction_factor=spec.reduction_factor, stop_last_trials=False)
+
+
+class TrialNamer:
+    """Readable trial names: <study>-<index> (001, 002, ... in sampling order), and <study>-baseline."""
+
+    def __init__(self, study_name: str):
+        self.study_name = study_name
+
+    def __call__(self, trial) -> str:
+        if is_baseline(trial.config):
+            return f"{self.study_name}-baseline"
+        index = trial.config.get(INDEX_KEY)
+        return f"{self.study_name}-{index:03d}" if isinstance(index, int) else f"{self.study_name}-{trial.trial_id}"
+
+
+def make_trainable(study: Study, context: TrialContext):
+    resources = study.spec.trials.resources
+    return tune.with_resources(tune.with_parameters(run_trial, context=context),
+                               {"cpu": resources.cpu, "gpu": resources.gpu})
+
+
+def make_tuner(study: Study, context: TrialContext, storage: str) -> tune.Tuner:
+    spec = study.spec
+    search = StudyOptunaSearch(study, storage=optuna_storage(optuna_storage_url(study)),
+                               time_attr=spec.scheduler.time_attr)
+    searcher = ConcurrencyLimiter(BaselineFirst(search, enabled=spec.baseline), max_concurrent=spec.trials.max_concurrent)
+    guard = GradientGuard(spec.guard)
+    namer = TrialNamer(study.name)
+    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(study),
+                                  num_samples=study.num_samples() + int(spec.baseline),
+                                  trial_name_creator=namer, trial_dirname_creator=namer)
+    run_config = tune.RunConfig(
+        name=study.name, storage_path=storage, stop=guard, verbose=0,
+        failure_config=tune.FailureConfig(max_failures=spec.trials.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=[OutcomeRecorder(study.name, context.experiment_id, guard, spec.scheduler.time_attr),
+                   Progress(study.name, spec.objective.metric, spec.objective.mode)],
+    )
+    return tune.Tuner(make_trainable(study, context), tune_config=tune_config, run_config=run_config)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Run and resume
+
+
+def run_study(study: Study, *, address: str | None = None, tracking_uri: str | None = None,
+              storage: str | None = None, echo: Echo = print) -> StudyRun:
+    root = storage_root(storage or study.spec.storage)
+    experiment_path = f"{root}/{study.name}"
+    if tune.Tuner.can_restore(experiment_path):
+        raise StudyError(f"study {study.name!r} already exists in {experiment_path}: continue it with "
+                         f"`aaclip-study resume {study.name}`, or start a new one with --name")
+    remote = bool(address) or os.environ.get("RAY_ADDRESS", "local") not in ("", "local")
+    if not remote:
+        preflight_data(study)
+    started = connect_ray(address)
+    try:
+        check_cluster(study)
+        uri = resolve_tracking_uri(tracking_uri, study.spec.tracking.uri, echo=echo)
+        warn_if_unreachable(uri, echo)
+        client = tracking_client(uri)
+        experiment_id = ensure_experiment(client, study.spec.tracking.experiment or study.name)
+        if find_parent_run(client, study.name) is not None:
+            raise StudyError(f"study {study.name!r} already exists on {uri}: continue it with "
+                             f"`aaclip-study resume {study.name}`, or start a new one with --name")
+        _refuse_existing_optuna_study(study)
+        parent_run_id = _create_parent(client, study, experiment_id, experiment_path)
+        echo(f"study {study.name}: MLflow runs at {runs_link(uri, experiment_id)}")
+        echo(f"  searcher: optuna-dashboard {optuna_storage_url(study)}")
+        context = TrialContext.from_driver(study, uri, experiment_id, parent_run_id, aaclip_home())
+        return _execute(make_tuner(study, context, root), study, context, experiment_path, echo)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _refuse_existing_optuna_study(study: Study) -> None:
+    """Optuna would silently continue an old study of the same name and mix its trials into this one."""
+    url = optuna_storage_url(study)
+    if study.name in optuna.get_all_study_names(optuna_storage(url)):
+        raise StudyError(f"an Optuna study named {study.name!r} already exists in {url}: start this one with "
+                         "--name, or delete the old one (optuna delete-study)")
+
+
+def _create_parent(client, study: Study, experiment_id: str, experiment_path: str) -> str:
+    spec = study.spec
+    tags = {"aaclip.storage_path": experiment_path, "aaclip.optuna_storage": optuna_storage_url(study),
+            "aaclip.objective": spec.objective.metric, "aaclip.mode": spec.objective.mode,
+            "aaclip.time_attr": spec.scheduler.time_attr, "aaclip.spec_source": study.source,
+            "aaclip.space_keys": ",".join(spec.space)}
+    params = {"objective": spec.objective.metric, "mode": spec.objective.mode, "base": spec.base,
+              "searcher": spec.searcher.kind, "sampler": spec.searcher.sampler, "seed": spec.searcher.seed,
+              "scheduler": spec.scheduler.kind, "num_samples": study.num_samples(), "baseline": spec.baseline,
+              "max_concurrent": spec.trials.max_concurrent, **{f"space.{line.split(':')[0]}": line.split(": ", 1)[1]
+                                                                  for line in study.space.describe()}}
+    run_id = create_parent_run(client, experiment_id, study.name, tags, params)
+    client.log_text(run_id, study.to_yaml(), "study/spec.yaml")
+    client.log_text(run_id, yaml.safe_dump(study.base_data, sort_keys=False), "study/base.yaml")
+    return run_id
+
+
+def _execute(tuner: tune.Tuner, study: Study, context: TrialContext, experiment_path: str, echo: Echo) -> StudyRun:
+    # Our results carry the objective only on evaluation epochs; Tune would otherwise refuse the others.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Every epoch checkpoints; Tune's advice to checkpoint less is noise here. MLflow's run links too.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Ray tables, our Progress lines only
+    # Save the experiment state every few seconds (default: >= 10 s): a killed driver then loses less, and
+    # `resume` repeats fewer trials whose end the searcher and MLflow have already recorded.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3")
+    os.environ["MLFLOW_TRACKING_URI"] = context.tracking_uri  # for the driver-side callbacks
+    client = tracking_client(context.tracking_uri)
+    client.update_run(context.parent_run_id, status="RUNNING")
+    try:
+        results = tuner.fit()
+    except BaseException:
+        client.set_terminated(context.parent_run_id, status="KILLED")
+        raise
+    client.set_terminated(context.parent_run_id, status="FINISHED")
+    echo(f"study {study.name}: finished; results in {experiment_path}")
+    echo(f"  runs:   {runs_link(context.tracking_uri, context.experiment_id)}")
+    echo(f"  next:   aaclip-study status {study.name} | aaclip-study export {study.name} -o best.yaml")
+    return StudyRun(study.name, context.tracking_uri, context.experiment_id, context.parent_run_id,
+                    experiment_path, len(results), len(results.errors))
+
+
+def study_from_parent(client, parent) -> Study:
+    """The study exactly as launched: its spec and resolved base, as logged to the parent run."""
+    with tempfile.TemporaryDirectory() as folder:
+        spec_file = client.download_artifacts(parent.info.run_id, "study/spec.yaml", folder)
+        base_file = client.download_artifacts(parent.info.run_id, "study/base.yaml", folder)
+        data = yaml.safe_load(Path(spec_file).read_text())
+        data["base"], data["overrides"] = str(base_file), {}
+        study = parse_study(data, source=parent.data.tags.get("aaclip.spec_source", "spec"))
+        study.base_config  # noqa: B018 - resolved while the files exist
+    return study
+
+
+def resume_study(name: str, *, address: str | None = None, tracking_uri: str | None = None,
+                 echo: Echo = print) -> StudyRun:
+    uri = resolve_tracking_uri(tracking_uri, echo=echo)
+    client = tracking_client(uri)
+    parent = require_parent_run(client, name)
+    study = study_from_parent(client, parent)
+    experiment_path = parent.data.tags["aaclip.storage_path"]
+    if not tune.Tuner.can_restore(experiment_path):
+        raise StudyError(f"study {name!r}: no Ray experiment state in {experiment_path} to resume from")
+    started = connect_ray(address)
+    try:
+        check_cluster(study)
+        experiment_id = parent.info.experiment_id
+        context = TrialContext.from_driver(study, uri, experiment_id, parent.info.run_id, aaclip_home())
+        echo(f"study {name}: resuming from {experiment_path}; runs at {runs_link(uri, experiment_id)}")
+        tuner = tune.Tuner.restore(experiment_path, trainable=make_trainable(study, context),
+                                   resume_unfinished=True, resume_errored=False)
+        return _execute(tuner, study, context, experiment_path, echo)
+    finally:
+        if started:
+            ray.shutdown()

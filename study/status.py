@@ -1,0 +1,109 @@
+"""`aaclip-study status NAME`: one row per trial, read from MLflow (the source of truth, DESIGN §5).
+
+MLflow is read rather than Ray's experiment state so that status works from any machine that can reach the
+tracking server, while the study runs, after it ends, and after its driver died.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from study.tracking import STUDY, TRIAL_ID, require_parent_run, runs_link, trial_runs
+
+
+@dataclass
+class TrialRow:
+    trial: str
+    trial_id: str
+    state: str  # running | completed | pruned | stopped | failed | interrupted
+    params: dict[str, Any]
+    loop: int | None
+    objective: float | None  # the last evaluated value
+    best: float | None  # the best evaluated value along the way
+    baseline: bool
+    reason: str
+    run_id: str
+
+
+@dataclass
+class StudyStatus:
+    study: str
+    objective: str
+    mode: str
+    state: str
+    link: str
+    trials: list[TrialRow] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.trials:
+            counts[row.state] = counts.get(row.state, 0) + 1
+        return counts
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "counts": self.counts()}, indent=2, default=str)
+
+
+def param_value(text: str | None) -> Any:
+    """MLflow params are strings; ours were written as JSON for non-strings."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def study_status(client, name: str) -> StudyStatus:
+    parent = require_parent_run(client, name)
+    tags = parent.data.tags
+    metric, mode = tags["aaclip.objective"], tags["aaclip.mode"]
+    keys = [key for key in tags.get("aaclip.space_keys", "").split(",") if key]
+    driver_alive = parent.info.status == "RUNNING"
+    status = StudyStatus(study=tags[STUDY], objective=metric, mode=mode, state=parent.info.status.lower(),
+                         link=runs_link(client.tracking_uri, parent.info.experiment_id))
+    for run in trial_runs(client, parent):
+        run_tags, metrics = run.data.tags, run.data.metrics
+        state = run_tags.get("aaclip.outcome", "running")
+        if state == "running" and not driver_alive:
+            state = "interrupted"  # the driver died; `aaclip-study resume` continues it
+        best = run_tags.get("aaclip.best_value")
+        status.trials.append(TrialRow(
+            trial=run.info.run_name, trial_id=run_tags.get(TRIAL_ID, ""), state=state,
+            params={key: param_value(run.data.params.get(key)) for key in keys},
+            loop=int(metrics["loop"]) if "loop" in metrics else None,
+            objective=_finite(metrics.get(metric)), best=_finite(float(best)) if best else None,
+            baseline=run_tags.get("aaclip.baseline") == "true", reason=run_tags.get("aaclip.stop_reason", ""),
+            run_id=run.info.run_id))
+    return status
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def format_status(status: StudyStatus) -> str:
+    keys = list(status.trials[0].params) if status.trials else []
+    header = ["trial", "state", *(_short(key) for key in keys), "loop", status.objective, "best", "reason"]
+    rows = [[row.trial, row.state, *(_show(row.params[key]) for key in keys), _show(row.loop), _show(row.objective),
+             _show(row.best), row.reason] for row in status.trials]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+             for line in [header, *rows]]
+    counts = ", ".join(f"{count} {state}" for state, count in sorted(status.counts().items())) or "no trials yet"
+    return "\n".join([f"study {status.study} ({status.state}): {counts}; objective {status.objective} "
+                      f"({status.mode})", *lines, f"runs: {status.link}"])
+
+
+def _short(key: str) -> str:
+    return ".".join(key.split(".")[-2:])
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

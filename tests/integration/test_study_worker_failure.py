@@ -1,0 +1,70 @@
+"""A trial whose worker is killed resumes from its checkpoint and ends as an uninterrupted run would; the
+exported configuration retrains to the same objective."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from study.export import export_trial
+from study.tracking import find_parent_run, trial_runs
+
+
+NAME = "phoenix"
+
+
+def the_run(client: MlflowClient):
+    parent = find_parent_run(client, NAME)
+    runs = trial_runs(client, parent) if parent else []
+    return runs[0] if runs else None
+
+
+def last_epoch(client: MlflowClient) -> int:
+    run = the_run(client)
+    return int(run.data.tags.get("aaclip.last_epoch", 0)) if run else 0
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_and_export_retrains(ray_cluster, mlflow_uri, study_home, write_spec, cli, wait_for,
+                                                   tmp_path):
+    spec = write_spec(NAME, trials={"num_samples": 1, "max_concurrent": 1, "resources": {"cpu": 1, "gpu": 0},
+                                    "max_failures": 1})
+    client = MlflowClient(mlflow_uri)
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen(cli.command("run", str(spec), "--address", ray_cluster.address,
+                                                "--tracking-uri", mlflow_uri), stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: last_epoch(client) >= 2, 300, "the trial finishes loop 1", driver)
+        killed_pid = int(the_run(client).data.tags["aaclip.worker_pid"])
+        os.kill(killed_pid, signal.SIGKILL)
+        assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+
+    run = the_run(client)
+    assert run.data.tags["aaclip.outcome"] == "completed"
+    assert int(run.data.tags["aaclip.worker_pid"]) != killed_pid, "the trial restarted in a new worker"
+    epochs = [point.step for point in client.get_metric_history(run.info.run_id, "epoch")]
+    assert epochs == [1, 2, 3, 4]
+    assert len(trial_runs(client, find_parent_run(client, NAME))) == 1
+
+    best = tmp_path / "best.yaml"
+    exported = cli.run("export", NAME, "-o", str(best), "--tracking-uri", mlflow_uri)
+    assert exported.returncode == 0, exported.stderr
+    provenance = yaml.safe_load(best.read_text())["provenance"]
+    assert provenance["mlflow_run_id"] == run.info.run_id and provenance["study"] == NAME
+    assert export_trial(client, NAME, tmp_path / "chosen.yaml", trial=run.info.run_name)["trial"] == run.info.run_name
+
+    # An uninterrupted run of the exported config, in the same single-thread setting as a 1-CPU trial.
+    retrain = subprocess.run([str(Path(sys.executable).parent / "aaclip"), "train", str(best)],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert retrain.returncode == 0, retrain.stderr[-3000:]
+    final = json.loads((tmp_path / "runs" / "latest" / "metrics.json").read_text())
+    assert abs(final["val/pixel_auroc"] - provenance["value"]) <= 0.5
+    for key in ("val/pixel_auroc", "val/image_auroc", "train/image_loss"):
+        assert final[key] == pytest.approx(run.data.metrics[key], rel=1e-4, abs=1e-4), key

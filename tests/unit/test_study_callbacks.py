@@ -1,0 +1,46 @@
+"""Driver-side bookkeeping: how a trial's end is named, the progress line, what travels to workers."""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+from study.callbacks import progress_line, trial_outcome
+from study.guard import GradientGuard
+from study.spec import GuardSpec
+from study.trainable import TrialContext
+
+
+def trial(trial_id: str, status: str, **result) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, status=status, last_result=result, config={})
+
+
+def test_outcomes_completed_guard_stopped_and_pruned():
+    guard = GradientGuard(GuardSpec())
+    guard.reasons["g"] = "guard: train/image_loss is nan at epoch 2"
+    assert trial_outcome(trial("c", "TERMINATED", **{"trial/completed": 1.0}), guard, "loop") == ("completed", "")
+    assert trial_outcome(trial("g", "TERMINATED", loop=1), guard, "loop")[0] == "stopped"
+    outcome, reason = trial_outcome(trial("p", "TERMINATED", loop=1.0), guard, "loop")
+    assert outcome == "pruned" and "ASHA" in reason and "loop 1" in reason
+
+
+def test_progress_line_counts_and_best_so_far():
+    trials = [trial("a", "TERMINATED", **{"trial/completed": 1.0}), trial("b", "TERMINATED"),
+              trial("c", "RUNNING"), trial("d", "PENDING"), trial("e", "ERROR")]
+    line = progress_line("s", trials, "val/pixel_auroc", "max", {"a": 61.0, "b": 70.5})
+    assert "1 done, 1 pruned/stopped, 1 failed, 1 running, 1 pending" in line
+    assert "best completed: val/pixel_auroc 70.5" in line
+    assert "val/loss 0.1 " in progress_line("s", trials, "val/loss", "min", {"a": 0.2, "b": 0.1})
+
+
+def test_tracking_credentials_travel_with_the_trial_context(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ada")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
+    context = TrialContext.from_driver(study=None, tracking_uri="http://tracking:5000", experiment_id="1",
+                                       parent_run_id="p", aaclip_home=tmp_path)
+    assert context.env == {"MLFLOW_TRACKING_USERNAME": "ada", "MLFLOW_TRACKING_PASSWORD": "secret"}
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "elsewhere")  # every variable it sets is restored after the test
+    monkeypatch.setenv("AACLIP_HOME", "elsewhere")
+    context.apply_environment()
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "ada" and os.environ["MLFLOW_TRACKING_URI"] == "http://tracking:5000"
+    assert os.environ["AACLIP_HOME"] == str(tmp_path)
