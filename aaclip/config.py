@@ -192,14 +192,15 @@ class TrainConfig(Strict):
 # Reading, overriding, flattening
 
 
-def _format_error(error: ValidationError, source: str) -> str:
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line: `source: dotted.key: message (got value)`."""
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "<root>"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     value = first.get("input")
-    shown = "" if isinstance(value, dict) or first["type"] == "missing" else f" (got {value!r})"
+    shown = "" if isinstance(value, dict) or first["type"] in ("missing", "extra_forbidden") else f" (got {value!r})"
     return f"{source}: {key}: {message}{shown}"
 
 
@@ -207,7 +208,7 @@ def validate_config(data: dict[str, Any], source: str = "config") -> TrainConfig
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_format_error(error, source)) from None
+        raise ConfigError(format_validation_error(error, source)) from None
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -291,6 +292,28 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return apply_overrides({}, flat)
+
+
+PATH_KEYS = ("data.train.root", "data.val.root", "data.test.root", "init.text_adapter", "init.image_adapter",
+             "cache.dir", "model.pretrained")
+
+
+def resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths (dataset roots, base adapters, weights files) made absolute against `base`.
+
+    A study resolves them in the driver's working directory: Ray runs each trial in its own folder, where a
+    relative `data/visa` would point nowhere. A pretrained *tag* (no slash, no suffix) is left alone.
+    """
+    flat = flatten(data)
+    resolved = {}
+    for key in PATH_KEYS:
+        value = flat.get(key)
+        if not isinstance(value, str) or Path(value).expanduser().is_absolute():
+            continue
+        if key == "model.pretrained" and "/" not in value and not Path(value).suffix:
+            continue
+        resolved[key] = str((base / value).resolve())
+    return apply_overrides(data, resolved) if resolved else data
 
 
 def config_keys() -> set[str]:

@@ -19,17 +19,11 @@ from torch import nn
 from aaclip import losses
 from aaclip.checkpoint import load_adapters, load_into, load_state, read_base_adapters, save_checkpoint
 from aaclip.config import TrainConfig
+from aaclip.metric_names import REPORTED_METRICS  # noqa: F401  (re-exported for callers of fit)
 from aaclip.schedule import IMAGE, TEXT, StagePlan, feedback_plan, loop_lr, lr_factor
 from aaclip.session import Session, build_session
 
 EpochCallback = Callable[[dict[str, float], Path], None]
-METRICS = ("pixel_auroc", "pixel_ap", "image_auroc", "image_ap", "pixel_aupro")
-REPORTED_METRICS = {
-    "loop", "stage", "epoch", "stage_epoch", "step", "train/text_loss", "train/image_loss", "train/nonfinite_steps",
-    "grad/text_adapter", "grad/text_cross_attn", "grad/image_adapter", "grad/image_cross_attn",
-    "grad/image_adapter_share", "scale/text", "scale/image", "lr/text", "lr/image", "time/epoch_s",
-    "time/images_per_s", *(f"val/{metric}" for metric in METRICS),
-}
 STAGE_GROUPS = {TEXT: ("text_adapter", "text_cross_attn"), IMAGE: ("image_adapter", "image_cross_attn")}
 
 
@@ -194,14 +188,14 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
     optimizers: dict[int, torch.optim.Optimizer] = {}
     while position.plan_index < len(plan):
         stage_plan = plan[position.plan_index]
-        optimizer = stage_optimizer(session, stage_plan, optimizers, optimizer_states, position)
+        optimizer = stage_optimizer(session, stage_plan, optimizers, optimizer_states)
         session.prepare_stage(stage_plan)
-        steps_per_epoch = len(session.loader(stage_plan, 0))
+        steps_per_epoch = session.steps_per_epoch(stage_plan.stage)
         metrics = run_epoch(session, stage_plan, optimizer, position,
                             position.epochs_done_in_stage * steps_per_epoch, steps_per_epoch * stage_plan.epochs)
         advance(position, stage_plan, steps_per_epoch)
         metrics |= position_metrics(session, stage_plan, position)
-        if evaluation_due(config, stage_plan, position, plan):
+        if evaluation_due(config, stage_plan, position):
             metrics |= session.evaluate(stage_plan.loop, gallery=out_dir / "gallery.png")
         position.history.append(metrics)
         checkpoint = write_checkpoint(session, out_dir / "checkpoint", position, optimizers)
@@ -214,21 +208,21 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
     return FitResult(final, position.history, out_dir)
 
 
-def stage_optimizer(session: Session, plan: StagePlan, optimizers: dict, saved: dict, position: Position):
-    """The stage's optimizer: fresh at each loop when feedback.reset_optimizer (reference), else carried."""
-    fresh_stage = position.epochs_done_in_stage == 0
+def stage_optimizer(session: Session, plan: StagePlan, optimizers: dict, saved: dict) -> torch.optim.Optimizer:
+    """The stage's optimizer for this loop: fresh at each loop when feedback.reset_optimizer (the reference),
+    else carrying its moments over. A state saved in a checkpoint is restored the same way."""
     current = optimizers.get(plan.stage)
-    if current is None or (fresh_stage and session.config.feedback.reset_optimizer) or \
-            getattr(current, "loop", None) != plan.loop:
-        previous = current
-        current = make_optimizer(session, plan)
-        if plan.stage in saved:  # restoring mid-run: the state saved with the checkpoint
-            current.load_state_dict(saved.pop(plan.stage))
-        elif previous is not None and not session.config.feedback.reset_optimizer:
-            current.load_state_dict(previous.state_dict() | {"param_groups": current.state_dict()["param_groups"]})
-        current.loop = plan.loop
-        optimizers[plan.stage] = current
-    return current
+    if current is not None and current.loop == plan.loop:
+        return current
+    optimizer = make_optimizer(session, plan)
+    carried = saved.pop(plan.stage, None)
+    if carried is None and current is not None and not session.config.feedback.reset_optimizer:
+        carried = current.state_dict()
+    if carried is not None:  # moments and step counts carry over; learning rates are this loop's
+        optimizer.load_state_dict({**carried, "param_groups": optimizer.state_dict()["param_groups"]})
+    optimizer.loop = plan.loop
+    optimizers[plan.stage] = optimizer
+    return optimizer
 
 
 def advance(position: Position, plan: StagePlan, steps_per_epoch: int) -> None:
@@ -238,13 +232,13 @@ def advance(position: Position, plan: StagePlan, steps_per_epoch: int) -> None:
 
 
 def position_metrics(session: Session, plan: StagePlan, position: Position) -> dict[str, float]:
-    cross = session.model
+    model = session.model
     return {"loop": float(plan.loop), "stage": float(plan.stage), "epoch": float(position.epoch),
             "stage_epoch": float(position.epochs_done_in_stage), "step": float(position.step),
-            "scale/text": cross.text_cross_attn.scale.item(), "scale/image": cross.image_cross_attn.scale.item()}
+            "scale/text": model.text_cross_attn.scale.item(), "scale/image": model.image_cross_attn.scale.item()}
 
 
-def evaluation_due(config: TrainConfig, plan: StagePlan, position: Position, full_plan: list[StagePlan]) -> bool:
+def evaluation_due(config: TrainConfig, plan: StagePlan, position: Position) -> bool:
     if config.eval.every == "epoch":
         return True
     return plan.stage == IMAGE and position.epochs_done_in_stage == plan.epochs

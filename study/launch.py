@@ -57,12 +57,22 @@ def storage_root(storage: str | None) -> str:
     return str(Path(storage).expanduser().resolve() if storage else aaclip_home() / "ray_results")
 
 
+OPTUNA_STORAGE_VARIABLE = "AACLIP_OPTUNA_STORAGE"  # keeps a database password out of the spec (docker/)
+
+
 def optuna_storage_url(study: Study) -> str:
-    if study.spec.searcher.storage:
-        return study.spec.searcher.storage
+    if study.spec.searcher.storage or os.environ.get(OPTUNA_STORAGE_VARIABLE):
+        return study.spec.searcher.storage or os.environ[OPTUNA_STORAGE_VARIABLE]
     folder = aaclip_home() / "optuna"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'optuna.db'}"  # optuna-dashboard sqlite:///... shows the running study
+
+
+def without_password(url: str) -> str:
+    """What the parent run may show of a storage URL: tags are readable by anyone with access to the run."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
@@ -243,7 +253,7 @@ def _refuse_existing_optuna_study(study: Study) -> None:
 
 def _create_parent(client, study: Study, experiment_id: str, experiment_path: str) -> str:
     spec = study.spec
-    tags = {"aaclip.storage_path": experiment_path, "aaclip.optuna_storage": optuna_storage_url(study),
+    tags = {"aaclip.storage_path": experiment_path, "aaclip.optuna_storage": without_password(optuna_storage_url(study)),
             "aaclip.objective": spec.objective.metric, "aaclip.mode": spec.objective.mode,
             "aaclip.time_attr": spec.scheduler.time_attr, "aaclip.spec_source": study.source,
             "aaclip.space_keys": ",".join(spec.space)}

@@ -16,14 +16,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aaclip.config import (
-    TrainConfig, apply_overrides, config_keys, read_yaml, resolve_config_path, validate_config,
+    TrainConfig, apply_overrides, config_keys, format_validation_error, read_yaml, resolve_config_path,
+    resolve_relative_paths, validate_config,
 )
 from aaclip.errors import AaclipError
 from aaclip.schedule import feedback_plan
 from study.errors import StudyError
 from study.space import BUDGET_KEYS, Parameter, SearchSpace
 
-SPEC_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPEC_DIR = Path(__file__).resolve().parent.parent / "search_spaces"  # a source checkout (editable install)
 DEFAULT_NUM_SAMPLES = 10
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -161,10 +162,13 @@ def resolve_spec_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = SPEC_DIR / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in SPEC_DIR.glob("*.yaml")))
+    # An installed package (the docker image) has no SPEC_DIR; search_spaces/ in the working directory serves.
+    folders = [SPEC_DIR, Path.cwd() / "search_spaces"]
+    for folder in folders:
+        shipped = folder / f"{name_or_path}.yaml"
+        if shipped.is_file():
+            return shipped
+    names = ", ".join(sorted({p.stem for folder in folders for p in folder.glob("*.yaml")}))
     raise StudyError(f"{name_or_path}: no such study spec file or shipped spec (shipped: {names})")
 
 
@@ -218,18 +222,8 @@ def _base_data(spec: StudySpec, source: str, base_dir: Path | None) -> dict[str,
         raise StudyError(f"{source}: base: {error}") from None
     data.pop("provenance", None)
     _check_dotted_keys(spec.overrides, f"{source}: overrides")
-    return apply_overrides(data, spec.overrides, source=f"{source}: overrides")
-
-
-def format_validation_error(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "<root>"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    value = first.get("input")
-    shown = "" if isinstance(value, dict) or first["type"] in ("missing", "extra_forbidden") else f" (got {value!r})"
-    return f"{source}: {key}: {message}{shown}"
+    data = apply_overrides(data, spec.overrides, source=f"{source}: overrides")
+    return resolve_relative_paths(data, Path.cwd())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -324,7 +318,7 @@ def check_objective(metric: str, config: TrainConfig, source: str) -> None:
 
 
 def reported_metrics() -> set[str]:
-    from aaclip.train import REPORTED_METRICS  # heavy import (torch); only needed to check an objective
+    from aaclip.metric_names import REPORTED_METRICS
 
     return set(REPORTED_METRICS)
 

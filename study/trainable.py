@@ -74,7 +74,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
                         config=train_config, baseline=is_baseline(config))
     if OPTUNA_KEY in config:
         run.set_tags({"aaclip.optuna_trial": config[OPTUNA_KEY]})
-    out_dir = Path(tempfile.mkdtemp(prefix=f"aaclip-trial-{tune_context.get_trial_id()}-"))
+    # Under AACLIP_HOME, not /tmp: a worker killed mid-trial leaves its scratch where the project's state lives.
+    scratch = Path(context.aaclip_home) / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(tempfile.mkdtemp(prefix=f"trial-{tune_context.get_trial_id()}-", dir=scratch))
     reporter = EpochReporter(context.study, run, out_dir, planned_epochs(train_config))
     try:
         with restored_checkpoint() as resume:

@@ -47,21 +47,28 @@ def comparable(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in metrics.items() if not k.startswith("time/")} for metrics in history]
 
 
-def test_interrupted_fit_resumes_bit_for_bit(tiny_config: TrainConfig, tmp_path: Path) -> None:
-    config = with_overrides(tiny_config, **{"feedback.image_epochs": 2, "eval.every": "epoch"})
-    whole = fit(config, out_dir=tmp_path / "whole")
+class Interrupted(Exception):
+    pass
 
-    class Interrupted(Exception):
-        pass
 
-    def stop_after_third_epoch(metrics: dict, checkpoint: Path) -> None:
-        if metrics["epoch"] == 3:  # mid Stage 2 of loop 1: optimizer moments and lr schedule in flight
+def interrupt_and_resume(config: TrainConfig, tmp_path: Path, at_epoch: int):
+    """Stop a fit right after epoch `at_epoch` (its checkpoint kept), then resume it in a fresh out_dir."""
+    def stop(metrics: dict, checkpoint: Path) -> None:
+        if metrics["epoch"] == at_epoch:
             shutil.copytree(checkpoint, tmp_path / "saved")
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        fit(config, out_dir=tmp_path / "first", on_epoch=stop_after_third_epoch)
-    resumed = fit(config, out_dir=tmp_path / "second", resume=tmp_path / "saved")
+        fit(config, out_dir=tmp_path / "first", on_epoch=stop)
+    return fit(config, out_dir=tmp_path / "second", resume=tmp_path / "saved")
+
+
+def test_interrupted_fit_resumes_bit_for_bit(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    config = with_overrides(tiny_config, **{"feedback.image_epochs": 2, "eval.every": "epoch"})
+    whole = fit(config, out_dir=tmp_path / "whole")
+
+    # Interrupted mid Stage 2 of loop 1: optimizer moments and the lr schedule are in flight.
+    resumed = interrupt_and_resume(config, tmp_path, at_epoch=3)
     assert comparable(resumed.history) == comparable(whole.history)
     final_whole, final_resumed = load_adapters(tmp_path / "whole/checkpoint"), load_adapters(
         tmp_path / "second/checkpoint")
@@ -152,12 +159,5 @@ def test_v2_recipe_with_carried_optimizer_resumes_bit_for_bit(tiny_config: Train
     assert all(m.get("grad/image_cross_attn", 0.0) == 0.0 for m in loop1)  # not active before start_loop
     assert any(m.get("grad/image_cross_attn", 0.0) > 0.0 for m in whole.history if m["loop"] == 2)
 
-    def stop_in_loop_two(metrics: dict, checkpoint: Path) -> None:
-        if metrics["epoch"] == 5:
-            shutil.copytree(checkpoint, tmp_path / "saved")
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(config, out_dir=tmp_path / "first", on_epoch=stop_in_loop_two)
-    resumed = fit(config, out_dir=tmp_path / "second", resume=tmp_path / "saved")
+    resumed = interrupt_and_resume(config, tmp_path, at_epoch=5)  # loop 2, with the carried optimizer
     assert comparable(resumed.history) == comparable(whole.history)

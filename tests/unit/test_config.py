@@ -70,3 +70,15 @@ def test_missing_config_and_bad_yaml(tmp_path: Path) -> None:
 def test_override_into_a_value_is_refused() -> None:
     with pytest.raises(ConfigError, match="seed.x: seed is not a section"):
         apply_overrides({"seed": 1}, {"seed.x": 2})
+
+
+def test_relative_paths_resolve_against_a_base_and_tags_stay(tmp_path: Path) -> None:
+    from aaclip.config import resolve_relative_paths
+
+    data = load_config("vit-l-14-336", {"init.text_adapter": "base/text_adapter.pth"}).to_dict()
+    resolved = resolve_relative_paths(data, tmp_path)
+    assert resolved["data"]["train"]["root"] == str(tmp_path / "data/VisA_20220922")
+    assert resolved["init"]["text_adapter"] == str(tmp_path / "base/text_adapter.pth")
+    assert resolved["model"]["pretrained"] == "openai"
+    local = resolve_relative_paths({"model": {"pretrained": "weights/ViT-L-14-336px.pt"}}, tmp_path)
+    assert local["model"]["pretrained"] == str(tmp_path / "weights/ViT-L-14-336px.pt")
