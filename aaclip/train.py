@@ -215,8 +215,11 @@ def stage_optimizer(session: Session, plan: StagePlan, optimizers: dict, saved: 
     if current is not None and current.loop == plan.loop:
         return current
     optimizer = make_optimizer(session, plan)
-    carried = saved.pop(plan.stage, None)
-    if carried is None and current is not None and not session.config.feedback.reset_optimizer:
+    reset = session.config.feedback.reset_optimizer
+    saved_loop, carried = saved.pop(plan.stage, (None, None))
+    if reset and saved_loop != plan.loop:  # a state saved in an earlier loop is one a fresh run would reset
+        carried = None
+    if carried is None and current is not None and not reset:
         carried = current.state_dict()
     if carried is not None:  # moments and step counts carry over; learning rates are this loop's
         optimizer.load_state_dict({**carried, "param_groups": optimizer.state_dict()["param_groups"]})
@@ -270,9 +273,8 @@ def restore(session: Session, folder: Path) -> tuple[Position, dict]:
     plan = feedback_plan(session.config.feedback)
     if position.epochs_done_in_stage == plan[position.plan_index].epochs:  # the checkpoint closed a stage
         position.plan_index, position.epochs_done_in_stage = position.plan_index + 1, 0
-    current_loop = plan[min(position.plan_index, len(plan) - 1)].loop
-    optimizers = {int(stage): optimizer for stage, optimizer in state["optimizers"].items()
-                  if state["optimizer_loops"][stage] == current_loop or not session.config.feedback.reset_optimizer}
+    optimizers = {int(stage): (state["optimizer_loops"][stage], optimizer)
+                  for stage, optimizer in state["optimizers"].items()}
     return position, optimizers
 
 
