@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from aaclip.config import (
-    TrainConfig, apply_overrides, config_keys, format_validation_error, read_yaml, resolve_config_path,
+    Strict, TrainConfig, apply_overrides, config_keys, format_validation_error, read_yaml, resolve_config_path,
     resolve_relative_paths, validate_config,
 )
 from aaclip.errors import AaclipError
@@ -27,10 +27,6 @@ from study.space import BUDGET_KEYS, Parameter, SearchSpace
 SPEC_DIR = Path(__file__).resolve().parent.parent / "search_spaces"  # a source checkout (editable install)
 DEFAULT_NUM_SAMPLES = 10
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Objective(Strict):
