@@ -104,11 +104,23 @@ class OptimConfig(Strict):
         return self
 
 
+class HoldoutConfig(Strict):
+    """A seeded split of one dataset by image: `held_out` (e.g. val) and its `remainder` (e.g. test).
+
+    The same fraction and seed on both sides give complementary parts: every image is in exactly one. Drawn per
+    (class, label) so both parts keep the dataset's class and normal/anomalous mix (aaclip.data.splits).
+    """
+    part: Literal["held_out", "remainder"]
+    fraction: float = Field(0.2, gt=0.0, lt=1.0)  # share of each (class, label) group that is held out
+    seed: int = 0
+
+
 class DatasetSpec(Strict):
     kind: Literal["mvtec", "visa", "jsonl", "synthetic"]
     root: str | None = None  # synthetic: defaults to $AACLIP_HOME/data/synthetic-<domain>-<seed>
     categories: list[str] | None = None
     split: str = "test"  # the reference trains and evaluates on the datasets' test splits (§6.3)
+    holdout: HoldoutConfig | None = None  # applied after categories, before shots
     shots: int | None = Field(None, ge=1)  # k images per class per label, seeded
     seed: int = 0
     domain: str | None = None  # synthetic only: which generated domain
@@ -135,6 +147,7 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _val_is_not_test(self) -> DataConfig:
+        # The cheap check on the configs; aaclip.data.splits compares the resolved files of both splits.
         if self.test is not None and self.val == self.test:
             raise ValueError("data.val equals data.test: a study must never select on test data")
         return self

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 from aaclip.backbone import load_clip
 from aaclip.config import TrainConfig
 from aaclip.data.dataset import AnomalyDataset
-from aaclip.data.records import Record, class_names, load_records
+from aaclip.data.records import Record, class_names
+from aaclip.data.splits import load_splits
 from aaclip.evaluate import evaluate_records
 from aaclip.features import FeatureCache, backbone_key, cached_targets
 from aaclip.home import aaclip_home
@@ -45,17 +46,18 @@ def build_model(config: TrainConfig, device: torch.device) -> AdaptedCLIP:
 
 class Session:
     def __init__(self, config: TrainConfig, model: AdaptedCLIP, device: torch.device,
-                 train_records: list[Record], val_records: list[Record]):
+                 splits: dict[str, list[Record]]):
         self.config, self.model, self.device = config, model, device
-        self.train_records, self.val_records = train_records, val_records
-        self.train_classes = class_names(train_records)
+        self.splits = splits  # train, val and (when configured) test; val and test checked disjoint
+        self.train_records, self.val_records = splits["train"], splits["val"]
+        self.train_classes = class_names(self.train_records)
         self.class_to_index = {name: index for index, name in enumerate(self.train_classes)}
         prompt_names = config.data.train.prompt_names
         self.train_tokens = model.tokenize(self.train_classes, prompt_names).to(device)
         size, seed = config.model.image_size, config.data.seed
         augment = config.data.augment
-        self.datasets = {TEXT: AnomalyDataset(train_records, size, "stage1" if augment else "none", seed),
-                         IMAGE: AnomalyDataset(train_records, size, "stage2" if augment else "none", seed)}
+        self.datasets = {TEXT: AnomalyDataset(self.train_records, size, "stage1" if augment else "none", seed),
+                         IMAGE: AnomalyDataset(self.train_records, size, "stage2" if augment else "none", seed)}
         self.groups = model.trainable_groups()
         self.cache = self._feature_cache()
         self.stage2_anchors: torch.Tensor | None = None
@@ -128,19 +130,17 @@ class Session:
         self._prepared = (plan.loop, plan.stage)
 
     def evaluate(self, loop: int, gallery: Path | None = None, split: str = "val") -> dict[str, float]:
-        records = self.val_records if split == "val" else load_records(self.config.data.test)
         spec = self.config.data.val if split == "val" else self.config.data.test
-        return evaluate_records(self.model, records, self.config, self.device, prefix=split,
+        return evaluate_records(self.model, self.splits[split], self.config, self.device, prefix=split,
                                 prompt_names=spec.prompt_names, gallery=gallery, autocast=self.autocast)
 
 
 def build_session(config: TrainConfig, out_dir: Path | None = None) -> Session:
     """Everything fails here, before training starts: data roots, masks, class prompts, backbone fit."""
-    train_records = load_records(config.data.train)
-    val_records = load_records(config.data.val)
+    splits = load_splits(config.data)  # refuses val and test that share an image, before anything else
     device = resolve_device(config.model.device)
     model = build_model(config, device)
-    model.tokenize(class_names(val_records), config.data.val.prompt_names)  # every val class has prompts
+    model.tokenize(class_names(splits["val"]), config.data.val.prompt_names)  # every val class has prompts
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return Session(config, model, device, train_records, val_records)
+    return Session(config, model, device, splits)

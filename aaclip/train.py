@@ -21,6 +21,7 @@ from aaclip.checkpoint import load_adapters, load_into, load_state, read_base_ad
 from aaclip.config import TrainConfig
 from aaclip.metric_names import REPORTED_METRICS  # noqa: F401  (re-exported for callers of fit)
 from aaclip.schedule import IMAGE, TEXT, StagePlan, feedback_plan, loop_lr, lr_factor
+from aaclip.data.splits import split_summary
 from aaclip.session import Session, build_session
 
 EpochCallback = Callable[[dict[str, float], Path], None]
@@ -203,7 +204,8 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
             on_epoch(metrics, checkpoint)
         if position.epochs_done_in_stage == stage_plan.epochs:
             position.plan_index, position.epochs_done_in_stage = position.plan_index + 1, 0
-    final = position.history[-1] if position.history else {}
+    # Which images each split held (sizes and fingerprints), beside the numbers measured on them.
+    final = (position.history[-1] if position.history else {}) | split_summary(session.splits)
     (out_dir / "metrics.json").write_text(json.dumps(final, indent=2))
     return FitResult(final, position.history, out_dir)
 

@@ -110,11 +110,11 @@ def preflight_data(study: Study) -> None:
     concurrent trials never race to generate the same synthetic dataset. Skipped for a remote cluster, whose
     data paths need not exist on the driver's machine.
     """
-    from aaclip.data.records import class_names, load_records
+    from aaclip.data.records import class_names
+    from aaclip.data.splits import load_splits
 
     config = study.base_config
-    load_records(config.data.train)
-    validation_classes = class_names(load_records(config.data.val))
+    validation_classes = class_names(load_splits(config.data, study.source)["val"])  # val and test disjoint
     parts = study.spec.objective.metric.split("/")
     if len(parts) == 3 and parts[1] not in validation_classes:
         raise StudyError(f"{study.source}: objective.metric: the validation data has no class {parts[1]!r} "

@@ -22,7 +22,7 @@ from aaclip.config import TrainConfig
 from study.plots import gradient_flow_plot
 from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline
 from study.spec import Study, planned_epochs
-from study.tracking import TrialRun, numeric_metrics, tracking_client
+from study.tracking import TrialRun, log_params, numeric_metrics, tracking_client
 
 # Variables a trial process needs wherever it runs: tracking credentials, artifact store access, offline hubs.
 FORWARDED_ENV = (
@@ -63,15 +63,19 @@ def trial_config(study: Study, config: dict[str, Any]) -> TrainConfig:
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune function trainable (wrapped with tune.with_parameters(run_trial, context=...))."""
+    from aaclip.data.splits import load_splits, split_summary
     from aaclip.train import fit  # imported in the trial process only: torch and open_clip are slow to import
 
     context.apply_environment()
     train_config = trial_config(context.study, config)
+    splits = split_summary(load_splits(train_config.data))  # which images the trial saw; refuses val/test overlap
     tune_context = ray.tune.get_context()
-    run = TrialRun.open(tracking_client(context.tracking_uri), experiment_id=context.experiment_id,
+    client = tracking_client(context.tracking_uri)
+    run = TrialRun.open(client, experiment_id=context.experiment_id,
                         parent_run_id=context.parent_run_id, study=context.study.name,
                         trial_id=tune_context.get_trial_id(), trial_name=tune_context.get_trial_name(),
                         config=train_config, baseline=is_baseline(config))
+    log_params(client, run.run_id, splits)  # the same values again on a restart, which MLflow accepts
     if OPTUNA_KEY in config:
         run.set_tags({"aaclip.optuna_trial": config[OPTUNA_KEY]})
     # Under AACLIP_HOME, not /tmp: a worker killed mid-trial leaves its scratch where the project's state lives.

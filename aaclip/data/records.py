@@ -1,8 +1,9 @@
 """Dataset records: what every layout reader returns, and the steps all of them share.
 
 `load_records(spec)` is the one entry point: find the root (generating a synthetic dataset if needed), read the
-layout, keep the requested categories, draw the few-shot sample, sort, and check every file cheaply (image
-headers only), so that a bad dataset fails before training starts, with a message that names the file.
+layout, keep the requested categories, take the holdout part, draw the few-shot sample, sort, and check every
+file cheaply (image headers only), so that a bad dataset fails before training starts, with a message that
+names the file.
 """
 from __future__ import annotations
 
@@ -83,6 +84,10 @@ def load_records(spec: DatasetSpec) -> list[Record]:
     if not records:
         raise DataError(f"{root}: no {spec.split} images found in the {layout} layout; check root and split")
     records = select_categories(records, spec.categories, root)
+    if spec.holdout is not None:
+        from aaclip.data.splits import holdout_part  # splits imports this module
+
+        records = holdout_part(records, spec.holdout)
     if spec.shots is not None:
         records = sample_shots(records, spec.shots, spec.seed)
     records = sorted(records, key=lambda record: (record.class_name, record.image_id))

@@ -71,3 +71,24 @@ def test_data_synth_writes_a_visa_layout(tmp_path: Path, aaclip_home: Path) -> N
            home=aaclip_home)
     assert (tmp_path / "visa/split_csv/1cls.csv").is_file()
     assert sorted(p.name for p in (tmp_path / "visa/disc/Data/Images").iterdir()) == ["Anomaly", "Normal"]
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "{config}", "--out", "{run}", "--test"],
+    ["train", "{config}", "--out", "{run}"],
+    ["evaluate", "{config}", "--checkpoint", "{run}/checkpoint", "--split", "test"],
+])
+def test_val_that_shares_images_with_test_is_refused(args: list[str], tiny_config: TrainConfig, tiny_data,
+                                                     tmp_path: Path, aaclip_home: Path) -> None:
+    """val is a shots sample of the test set: different configs, the same image files."""
+    config = tiny_config.model_copy(update={"data": tiny_config.data.model_copy(update={
+        "val": tiny_config.data.val.model_copy(update={"shots": 1}),
+        "test": tiny_config.data.val})})
+    path, run = tmp_path / "leaky.yaml", tmp_path / "run"
+    path.write_text(config.to_yaml())
+    result = aaclip(*(arg.format(config=path, run=run) for arg in args), home=aaclip_home, check=False)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data.val and data.test share 6 of 6 val images" in lines[0], result.stderr
+    assert f"(e.g. {tiny_data['object'].resolve()}/" in lines[0]
+    assert not run.exists()  # refused before anything is written

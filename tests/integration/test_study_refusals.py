@@ -24,3 +24,15 @@ def test_embedded_server_is_reused(mlflow_uri, tmp_path_factory):
     info = running_server(homes[0])
     assert info is not None and info.uri == mlflow_uri
     assert ensure_server(homes[0]).pid == info.pid
+
+
+def test_val_that_shares_images_with_test_is_refused(mlflow_uri, study_home, write_spec, cli, tiny_data):
+    """`aaclip-study run` refuses in its preflight, before a parent run or a trial exists."""
+    val = {"kind": "mvtec", "root": str(tiny_data["object"]), "categories": ["disc"]}
+    spec = write_spec("leaky-val", overrides={"data.val": val, "data.test": {**val, "categories": None}})
+    result = cli.run("run", str(spec), "--tracking-uri", mlflow_uri)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{spec}: data.val and data.test share" in lines[0], result.stderr
+    assert f"(e.g. {tiny_data['object'].resolve()}/disc/" in lines[0]
+    assert find_parent_run(MlflowClient(mlflow_uri), "leaky-val") is None

@@ -1,0 +1,109 @@
+"""Splits that selection and test can trust (DESIGN §9): a seeded holdout of one dataset, a check that val and
+test share no image file, and fingerprints that name exactly which images a split holds.
+
+A study selects its winner on `data.val`; the final number is read on `data.test`. If one image is in both, the
+test number is no longer an estimate on unseen data. Configs can differ and still name the same files (a shots
+sample of a test set, two roots that are links to one folder), so splits are compared by resolved file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from aaclip.config import HoldoutConfig
+from aaclip.data.records import Record, load_records, stable_seed
+from aaclip.errors import DataError
+
+if TYPE_CHECKING:
+    from aaclip.config import DataConfig
+
+
+def holdout_part(records: list[Record], holdout: HoldoutConfig) -> list[Record]:
+    """The held-out part or the remainder of `records`, drawn per (class, label) group.
+
+    Each group is sorted by image id and drawn from its own generator, so the split does not depend on listing
+    order or on which other classes were selected, and the same (fraction, seed) on the two parts gives
+    complementary sets. A group of n >= 2 images holds out round(fraction * n) of them, at least one and at most
+    n - 1, so both parts see every class and label the group has; a single image stays in the remainder.
+    """
+    groups: dict[tuple[str, int], list[Record]] = defaultdict(list)
+    for record in sorted(records, key=lambda record: record.image_id):
+        groups[(record.class_name, record.label)].append(record)
+    chosen: list[Record] = []
+    for (class_name, label), group in sorted(groups.items()):
+        held = _held_out_count(len(group), holdout.fraction)
+        rng = np.random.default_rng(stable_seed("holdout", holdout.seed, class_name, label))
+        held_indices = set(rng.permutation(len(group))[:held].tolist())
+        keep_held = holdout.part == "held_out"
+        chosen.extend(record for index, record in enumerate(group) if (index in held_indices) == keep_held)
+    return chosen
+
+
+def _held_out_count(size: int, fraction: float) -> int:
+    if size < 2:
+        return 0
+    return min(max(round(fraction * size), 1), size - 1)
+
+
+def resolved_files(records: list[Record]) -> dict[str, Record]:
+    """Resolved image path -> record: links and `..` lead to the file itself."""
+    return {os.path.realpath(record.image_path): record for record in records}
+
+
+def check_disjoint(val: list[Record], test: list[Record], source: str | None = None) -> None:
+    """Refuse val and test splits that share an image file (one line, names both splits and an example)."""
+    val_files = resolved_files(val)
+    shared = sorted(set(val_files) & set(resolved_files(test)))
+    if shared:
+        prefix = f"{source}: " if source else ""
+        raise DataError(
+            f"{prefix}data.val and data.test share {len(shared)} of {len(val)} val images (e.g. {shared[0]}); "
+            "selection must not see test images: split one dataset with holdout: {part: held_out} for val and "
+            "holdout: {part: remainder} for test, or use disjoint categories"
+        )
+
+
+def split_fingerprint(records: list[Record]) -> str:
+    """Names the split's images (ids, classes and labels), independent of where the dataset root lies."""
+    lines = sorted(f"{record.class_name}\t{record.label}\t{record.image_id}" for record in records)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def split_summary(splits: dict[str, list[Record]]) -> dict[str, int | str]:
+    """`split.<name>.images` and `split.<name>.fingerprint` for each split: MLflow params and metrics.json."""
+    summary: dict[str, int | str] = {}
+    for name, records in splits.items():
+        summary[f"split.{name}.images"] = len(records)
+        summary[f"split.{name}.fingerprint"] = split_fingerprint(records)
+    return summary
+
+
+def load_splits(data: DataConfig, source: str | None = None) -> dict[str, list[Record]]:
+    """Records of train, val and (when set) test, with val and test checked to be disjoint."""
+    splits = {"train": load_records(data.train), "val": load_records(data.val)}
+    if data.test is not None:
+        splits["test"] = load_records(data.test)
+        check_disjoint(splits["val"], splits["test"], source)
+    return splits
+
+
+def dataset_manifest_digest(records: list[Record]) -> str:
+    """What the images' content is, cheaply: absolute path, size, modification and change time, inode, per file.
+
+    A stat per image, no read. A dataset regenerated or replaced in place gets new times (and usually sizes and
+    inodes), a copy elsewhere gets other paths, so its digest changes. ctime cannot be set back by tools that
+    preserve mtimes (cp -a, rsync -t), which is why it is part of the manifest.
+    """
+    digest = hashlib.sha256()
+    for path in sorted({str(record.image_path) for record in records}):
+        try:
+            stat = Path(path).stat()
+        except OSError as error:
+            raise DataError(f"{path}: cannot stat image ({error.strerror}); was the dataset removed?") from None
+        digest.update(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\t{stat.st_ctime_ns}\t{stat.st_ino}\n".encode())
+    return digest.hexdigest()[:16]
