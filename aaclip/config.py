@@ -342,6 +342,8 @@ def _schema_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
                   and issubclass(a, BaseModel)]
         if nested:
             keys |= _schema_keys(nested[0], f"{prefix}{name}.")
+            if type(None) in getattr(annotation, "__args__", ()):  # an optional section is a key when null
+                keys.add(f"{prefix}{name}")
         else:
             keys.add(f"{prefix}{name}")
     return keys
