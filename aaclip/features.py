@@ -1,4 +1,4 @@
-"""On-disk cache of frozen Stage-1 features (DESIGN §4).
+"""On-disk cache of frozen Stage-1 features (DESIGN §4, §9: keys name content, not paths).
 
 Loop-1 Stage-1 targets depend only on the frozen backbone, the surgery settings and the exact (augmented) image.
 Every augmentation draw is a pure function of (data seed, epoch, image id), so trials that share a data seed
@@ -14,22 +14,62 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from aaclip.config import TrainConfig
+from aaclip.data.records import Record
+from aaclip.data.transforms import CLIP_MEAN, CLIP_STD
+from aaclip.errors import DataError
 
 
-def backbone_key(config: TrainConfig) -> str:
-    """Everything besides the image that the frozen targets depend on."""
-    weights = config.model.pretrained
-    if weights is not None and Path(weights).expanduser().is_file():
-        stat = Path(weights).expanduser().stat()
-        weights = f"{Path(weights).name}:{stat.st_size}:{int(stat.st_mtime)}"
+PREPROCESSING_VERSION = 1  # bump when aaclip.data.transforms changes what an image file becomes as a tensor
+
+
+def cache_key(config: TrainConfig, vision_tower: nn.Module, records: list[Record], precision: str) -> str:
+    """The folder of a run's entries: everything besides the draw key that the frozen targets depend on.
+
+    Content, not names: the vision tower's weights as loaded (not the weights' name or file), the dataset's
+    files (not its relative paths), the preprocessing and the numeric precision. Each entry's own key (the
+    draw key) adds the image id, the image size, the augmentation kind and draw.
+    """
     identity = {
-        "model": config.model.name, "weights": weights or "random-init", "size": config.model.image_size,
-        "quick_gelu": config.model.quick_gelu, "levels": config.adapters.levels,
+        "model": config.model.name, "quick_gelu": config.model.quick_gelu, "size": config.model.image_size,
+        "levels": config.adapters.levels,
         "surgery_from_block": config.stage1.surgery_from_block, "surgery_axis": config.stage1.surgery_axis,
+        "weights": weights_digest(vision_tower), "dataset": dataset_digest(records), "precision": precision,
+        "preprocessing": {"mean": CLIP_MEAN, "std": CLIP_STD, "version": PREPROCESSING_VERSION},
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def weights_digest(module: nn.Module) -> str:
+    """A hash of every parameter and buffer as loaded: two weights files (or inits) never share a key.
+
+    Reads the tensors once per run (about a second for ViT-L/14's vision tower), which is what names the
+    weights themselves rather than the file they came from.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def dataset_digest(records: list[Record]) -> str:
+    """The dataset's files, cheaply: absolute path, size, modification and change time and inode of each image.
+
+    A stat per image, no read. A dataset regenerated or replaced in place gets new times (and usually sizes and
+    inodes), a copy elsewhere other paths, so the digest changes. ctime is in it because tools that copy files
+    keep their mtimes (cp -a, rsync -t) but cannot set ctime back.
+    """
+    digest = hashlib.sha256()
+    for path in sorted({str(record.image_path) for record in records}):
+        try:
+            stat = os.stat(path)
+        except OSError as error:
+            raise DataError(f"{path}: cannot stat image ({error.strerror}); was the dataset removed?") from None
+        digest.update(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\t{stat.st_ctime_ns}\t{stat.st_ino}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 class FeatureCache:

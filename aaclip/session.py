@@ -17,7 +17,7 @@ from aaclip.data.dataset import AnomalyDataset
 from aaclip.data.records import Record, class_names
 from aaclip.data.splits import load_splits
 from aaclip.evaluate import evaluate_records
-from aaclip.features import FeatureCache, backbone_key, cached_targets
+from aaclip.features import FeatureCache, cache_key, cached_targets
 from aaclip.home import aaclip_home
 from aaclip.model import AdaptedCLIP
 from aaclip.schedule import IMAGE, TEXT, StagePlan
@@ -72,10 +72,15 @@ class Session:
             log.info("feature cache off: stage1.surgery_axis=batch makes features batch-dependent")
             return None
         root = Path(self.config.cache.dir) if self.config.cache.dir else aaclip_home() / "cache" / "features"
-        return FeatureCache(root, backbone_key(self.config))
+        precision = "bf16" if self.uses_bf16 else "fp32"
+        return FeatureCache(root, cache_key(self.config, self.model.clip.visual, self.train_records, precision))
+
+    @property
+    def uses_bf16(self) -> bool:
+        return self.device.type == "cuda" and self.config.model.precision == "bf16"
 
     def autocast(self):
-        if self.device.type == "cuda" and self.config.model.precision == "bf16":
+        if self.uses_bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()  # bf16 on CPU is ~300x slower here (DESIGN §8): fp32
 

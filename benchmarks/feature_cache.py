@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from aaclip.config import load_config
-from aaclip.features import FeatureCache, backbone_key, cached_targets
+from aaclip.features import FeatureCache, cached_targets
 from aaclip.schedule import TEXT, StagePlan
 from aaclip.session import build_session
 
@@ -41,8 +41,9 @@ def main() -> None:
     loader = session.loader(StagePlan(1, TEXT, 1), 0)
     batches = [batch for _, batch in zip(range(args.batches), loader)]
     with tempfile.TemporaryDirectory() as folder, torch.no_grad():
-        cold = time_pass(session, FeatureCache(Path(folder), backbone_key(config)), batches)
-        warm = time_pass(session, FeatureCache(Path(folder), backbone_key(config)), batches)
+        key = session.cache.folder.name  # the run's content key (weights, dataset, preprocessing)
+        cold = time_pass(session, FeatureCache(Path(folder), key), batches)
+        warm = time_pass(session, FeatureCache(Path(folder), key), batches)
     images = sum(len(b["index"]) for b in batches)
     print(f"{args.model} at {size}px, {images} images: frozen forward {cold:.3f}s, cache read {warm:.3f}s, "
           f"speed-up x{cold / warm:.1f}")

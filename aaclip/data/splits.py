@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -91,19 +90,3 @@ def load_splits(data: DataConfig, source: str | None = None) -> dict[str, list[R
         check_disjoint(splits["val"], splits["test"], source)
     return splits
 
-
-def dataset_manifest_digest(records: list[Record]) -> str:
-    """What the images' content is, cheaply: absolute path, size, modification and change time, inode, per file.
-
-    A stat per image, no read. A dataset regenerated or replaced in place gets new times (and usually sizes and
-    inodes), a copy elsewhere gets other paths, so its digest changes. ctime cannot be set back by tools that
-    preserve mtimes (cp -a, rsync -t), which is why it is part of the manifest.
-    """
-    digest = hashlib.sha256()
-    for path in sorted({str(record.image_path) for record in records}):
-        try:
-            stat = Path(path).stat()
-        except OSError as error:
-            raise DataError(f"{path}: cannot stat image ({error.strerror}); was the dataset removed?") from None
-        digest.update(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\t{stat.st_ctime_ns}\t{stat.st_ino}\n".encode())
-    return digest.hexdigest()[:16]
