@@ -1,9 +1,9 @@
-"""Evaluation as in the reference (§10): per class, summed level maps, blur, image score mix, sklearn metrics."""
+"""Evaluation as in the reference (§10): per class, summed level maps, blur, image score mix; streamed per batch."""
 from __future__ import annotations
 
 import contextlib
 import random
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -14,9 +14,10 @@ from torch.utils.data import DataLoader
 from aaclip import losses, metrics
 from aaclip.config import TrainConfig
 from aaclip.data.dataset import AnomalyDataset
-from aaclip.data.records import Record
+from aaclip.data.records import Record, class_names
 from aaclip.data.transforms import CLIP_MEAN, CLIP_STD
 from aaclip.model import AdaptedCLIP
+from aaclip.streamed_metrics import StreamedMetrics
 
 GALLERY_IMAGES = 6
 
@@ -30,73 +31,110 @@ def evaluation_subset(records: list[Record], max_images: int | None, seed: int =
 
 
 @torch.no_grad()
-def class_predictions(model: AdaptedCLIP, records: list[Record], anchors: torch.Tensor, config: TrainConfig,
-                      device: torch.device, text_context: torch.Tensor | None, autocast: Callable) -> dict:
-    """Maps [N,S,S], raw image scores [N], masks and labels for the records of one class."""
-    dataset = AnomalyDataset(records, config.model.image_size, "none", config.data.seed)
-    loader = DataLoader(dataset, batch_size=config.eval.batch, shuffle=False, num_workers=config.data.workers)
+def batch_predictions(model: AdaptedCLIP, pixels: torch.Tensor, anchors: torch.Tensor, config: TrainConfig,
+                      text_context: torch.Tensor | None, autocast: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed level maps [B,S,S] and raw image scores [B] of one batch; anchors (and context) are per image."""
     size, blur = config.model.image_size, config.eval.blur
-    maps, scores, masks, labels, images = [], [], [], [], []
-    for batch in loader:
-        pixels = batch["image"].to(device)
-        context = None if text_context is None else text_context.expand(len(pixels), -1, -1)
-        with autocast():
-            features = model.encode_image(pixels, context)
-        batch_anchors = anchors.expand(len(pixels), -1, -1)
-        level_maps = [losses.anomaly_map(losses.similarity_logits(tokens.float(), batch_anchors), size,
-                                         blur.kernel, blur.sigma) for tokens in features.seg_tokens]
-        maps.append(torch.stack(level_maps).sum(dim=0).cpu())
-        scores.append(losses.image_raw_score(features.det_token.float(), batch_anchors).cpu())
-        masks.append(batch["mask"][:, 0] > 0.5)
-        labels.append(batch["label"])
-        images.append(batch["image"])
-    return {"maps": torch.cat(maps).numpy(), "scores": torch.cat(scores).numpy(),
-            "masks": torch.cat(masks).numpy(), "labels": torch.cat(labels).numpy(), "images": torch.cat(images)}
+    with autocast():
+        features = model.encode_image(pixels, text_context)
+    level_maps = [losses.anomaly_map(losses.similarity_logits(tokens.float(), anchors), size, blur.kernel,
+                                     blur.sigma) for tokens in features.seg_tokens]
+    scores = losses.image_raw_score(features.det_token.float(), anchors)
+    return torch.stack(level_maps).sum(dim=0).cpu(), scores.cpu()
 
 
+def class_runs(class_names: list[str]) -> list[tuple[str, slice]]:
+    """(class, rows) for each run of one class in a batch (records come sorted by class)."""
+    runs, start = [], 0
+    for index in range(1, len(class_names) + 1):
+        if index == len(class_names) or class_names[index] != class_names[start]:
+            runs.append((class_names[start], slice(start, index)))
+            start = index
+    return runs
+
+
+@dataclass
+class GalleryRow:
+    image: torch.Tensor  # [3,S,S], CLIP-normalised
+    mask: np.ndarray  # [S,S] bool
+    anomaly_map: np.ndarray  # [S,S]
+    anomalous: bool
+
+
+class GalleryPicker:
+    """The first anomalous image of each of the first classes (their first image if none is anomalous), picked
+    as batches pass: only the few rows drawn are kept, never the evaluated images."""
+
+    def __init__(self, class_names: list[str]):
+        self.rows: dict[str, GalleryRow] = {}
+        self.wanted = set(class_names[:GALLERY_IMAGES])
+
+    def offer(self, class_name: str, images: torch.Tensor, masks: np.ndarray, maps: np.ndarray,
+              labels: np.ndarray) -> None:
+        if class_name not in self.wanted or (class_name in self.rows and self.rows[class_name].anomalous):
+            return
+        anomalous = np.flatnonzero(labels)
+        if class_name in self.rows and not len(anomalous):
+            return
+        index = int(anomalous[0]) if len(anomalous) else 0
+        self.rows[class_name] = GalleryRow(images[index].clone(), masks[index].copy(), maps[index].copy(),
+                                           bool(len(anomalous)))
+
+    def in_order(self) -> list[GalleryRow]:
+        return [self.rows[name] for name in sorted(self.rows)]
+
+
+@torch.no_grad()
 def evaluate_records(model: AdaptedCLIP, records: list[Record], config: TrainConfig, device: torch.device, *,
                      prefix: str = "val", prompt_names: dict[str, str] | None = None, gallery: Path | None = None,
                      autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
-    """`{prefix}/<metric>` means over classes and `{prefix}/<class>/<metric>`, ×100 as in the reference."""
+    """`{prefix}/<metric>` means over classes and `{prefix}/<class>/<metric>`, ×100 as in the reference.
+
+    One loader streams every class in class order; each batch is scored, added to its class's histograms and
+    offered to the gallery, then dropped, so memory does not grow with the number of images (aaclip.
+    streamed_metrics).
+    """
     was_training = model.training
     model.eval()
-    by_class: dict[str, list[Record]] = defaultdict(list)
-    for record in evaluation_subset(records, config.eval.max_images):
-        by_class[record.class_name].append(record)
-    names = sorted(by_class)
+    chosen = sorted(evaluation_subset(records, config.eval.max_images), key=lambda record: record.class_name)
+    names = class_names(chosen)
     tokens = model.tokenize(names, prompt_names).to(device)
     anchors = model.class_anchors(tokens)  # no text cross-attention at test time (§7.6)
     use_context = config.cross_attention.enabled and config.cross_attention.at_inference
     contexts = model.text_context(tokens) if use_context else None
-    per_class, shown = {}, []
-    for index, name in enumerate(names):
-        context = None if contexts is None else contexts[index: index + 1]
-        result = class_predictions(model, by_class[name], anchors[index: index + 1], config, device, context,
-                                   autocast)
-        per_class[name] = metrics.class_metrics(result["maps"], result["masks"], result["scores"],
-                                                result["labels"], mix=config.eval.image_score_mix,
-                                                aupro=config.eval.aupro)
-        shown.append(result)
+    index_of = {name: index for index, name in enumerate(names)}
+    low, high = losses.anomaly_map_bounds(len(config.adapters.levels))
+    stream = StreamedMetrics(low, high, mix=config.eval.image_score_mix, aupro=config.eval.aupro)
+    picker = GalleryPicker(names)
+    dataset = AnomalyDataset(chosen, config.model.image_size, "none", config.data.seed)
+    for batch in DataLoader(dataset, batch_size=config.eval.batch, shuffle=False, num_workers=config.data.workers):
+        rows = torch.tensor([index_of[name] for name in batch["class_name"]], device=device)
+        context = None if contexts is None else contexts[rows]
+        maps, scores = batch_predictions(model, batch["image"].to(device), anchors[rows], config, context, autocast)
+        maps, scores = maps.numpy(), scores.numpy()
+        masks, labels = (batch["mask"][:, 0] > 0.5).numpy(), batch["label"].numpy()
+        for name, run in class_runs(batch["class_name"]):
+            stream.add(name, maps[run], masks[run], scores[run], labels[run])
+            picker.offer(name, batch["image"][run], masks[run], maps[run], labels[run])
     model.train(was_training)
     if gallery is not None:
-        save_gallery(gallery, shown)
-    return metrics.summarise(per_class, prefix=prefix)
+        save_gallery(gallery, picker.in_order())
+    return metrics.summarise(stream.results(), prefix=prefix)
 
 
-def save_gallery(path: Path, results: list[dict]) -> None:
+def save_gallery(path: Path, rows: list[GalleryRow]) -> None:
     """Input, mask, map for the first anomalous image of each class (up to six rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(result, int(np.argmax(result["labels"]))) for result in results][:GALLERY_IMAGES]
     figure, axes = plt.subplots(len(rows), 3, figsize=(6, 2 * len(rows)), squeeze=False)
     mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
-    for row, (result, index) in zip(axes, rows):
-        image = (result["images"][index] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-        panels = (image, result["masks"][index], result["maps"][index])
-        for axis, panel, title in zip(row, panels, ("input", "mask", "anomaly map")):
+    for axis_row, row in zip(axes, rows):
+        image = (row.image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        panels = (image, row.mask, row.anomaly_map)
+        for axis, panel, title in zip(axis_row, panels, ("input", "mask", "anomaly map")):
             axis.imshow(panel, cmap=None if panel.ndim == 3 else ("gray" if title == "mask" else "jet"))
             axis.set_title(title, fontsize=8)
             axis.axis("off")

@@ -15,7 +15,8 @@ from torchvision.transforms.v2.functional import gaussian_blur
 
 __all__ = [
     "TEMPERATURE", "similarity_logits", "training_probabilities", "focal_loss", "dice_loss",
-    "segmentation_loss", "orthogonality_loss", "classification_loss", "anomaly_map", "image_raw_score",
+    "segmentation_loss", "orthogonality_loss", "classification_loss", "anomaly_map", "anomaly_map_bounds",
+    "image_raw_score",
 ]
 
 # Fixed CLIP-style temperature of the patch/anchor similarity (§5.1); the reference has no learnable scale.
@@ -95,6 +96,16 @@ def anomaly_map(logits: Tensor, size: int, blur_kernel: int, blur_sigma: float) 
     score = (logits[:, 1:2] + 1.0 - logits[:, 0:1]) / 2.0  # [B,1,h,w], still on the x100 logit scale
     blurred = gaussian_blur(score, kernel_size=[blur_kernel, blur_kernel], sigma=[blur_sigma, blur_sigma])
     return _upsample(blurred, size)[:, 0]
+
+
+def anomaly_map_bounds(levels: int) -> tuple[float, float]:
+    """Bounds of a sum of `levels` anomaly maps, for fixed-range histograms of their values.
+
+    Features and anchors are unit vectors, so each logit lies in [-T, T] (T = TEMPERATURE) and a level's
+    (l_abn + 1 - l_norm) / 2 in [(1 - 2T) / 2, (1 + 2T) / 2]; the normalised blur and the bilinear upsampling
+    average neighbouring values, which keeps them in that range.
+    """
+    return levels * (1.0 - 2.0 * TEMPERATURE) / 2.0, levels * (1.0 + 2.0 * TEMPERATURE) / 2.0
 
 
 def image_raw_score(det_token: Tensor, anchors: Tensor) -> Tensor:

@@ -44,7 +44,13 @@ def image_scores(maps: np.ndarray, raw_scores: np.ndarray, mix: float) -> np.nda
     maximum: only the N per-image maxima are normalised, never a copy of the [N,H,W] maps.
     """
     per_image_max = maps.reshape(len(maps), -1).max(axis=1)
-    map_part = _reference_normalise(per_image_max, float(maps.min()), float(maps.max()))
+    return image_scores_from_maxima(per_image_max, float(maps.min()), float(maps.max()), raw_scores, mix)
+
+
+def image_scores_from_maxima(per_image_max: np.ndarray, map_low: float, map_high: float, raw_scores: np.ndarray,
+                             mix: float) -> np.ndarray:
+    """image_scores from per-image scalars only: each map's maximum and the class's map minimum and maximum."""
+    map_part = _reference_normalise(per_image_max, map_low, map_high)
     raw_part = _reference_normalise(raw_scores, float(np.min(raw_scores)), float(np.max(raw_scores)))
     return mix * map_part + (1.0 - mix) * raw_part
 
@@ -84,7 +90,7 @@ def _region_overlaps(maps: np.ndarray, masks: np.ndarray, thresholds: np.ndarray
     return _counts_above(histogram) / histogram.sum(axis=1, keepdims=True)
 
 
-def _area_up_to(fpr: np.ndarray, pro: np.ndarray, limit: float) -> float:
+def area_up_to(fpr: np.ndarray, pro: np.ndarray, limit: float) -> float:
     # Trapezoid under the curve on [0, limit], the last point interpolated at `limit` (MVTec AD's trapezoid).
     # fpr and pro are both non-decreasing (thresholds descending) and end at (1, 1).
     cut = int(np.searchsorted(fpr, limit, side="right"))
@@ -117,7 +123,7 @@ def pixel_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3, thr
     fpr = _false_positive_rates(maps, masks, grid)[::-1]
     fpr = np.concatenate(([0.0], fpr, [1.0]))  # thresholds above the maximum and below the minimum
     pro = np.concatenate(([0.0], pro, [1.0]))
-    return 100.0 * _area_up_to(fpr, pro, fpr_limit) / fpr_limit
+    return 100.0 * area_up_to(fpr, pro, fpr_limit) / fpr_limit
 
 
 def _pixel_metrics(maps: np.ndarray, masks: np.ndarray, aupro: bool) -> dict[str, float]:
@@ -134,7 +140,7 @@ def _pixel_metrics(maps: np.ndarray, masks: np.ndarray, aupro: bool) -> dict[str
     return {name: float(value) for name, value in metrics.items()}
 
 
-def _image_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def image_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     # The reference writes 0 for a class with one image label; 0 is a value, not "undefined", and would pull
     # the class mean down. NaN is left out by summarise's NaN-aware mean.
     labels = np.asarray(labels).astype(bool)
@@ -153,7 +159,7 @@ def class_metrics(maps: np.ndarray, masks: np.ndarray, raw_scores: np.ndarray, l
     """
     masks = np.asarray(masks, dtype=bool)
     metrics = _pixel_metrics(maps, masks, aupro)
-    metrics.update(_image_metrics(image_scores(maps, raw_scores, mix), labels))
+    metrics.update(image_metrics(image_scores(maps, raw_scores, mix), labels))
     return metrics
 
 
