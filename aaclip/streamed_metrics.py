@@ -6,10 +6,10 @@ and for AUPRO each bin's share of every anomalous region (a region's pixel adds 
 are then exactly sklearn's values for the scores rounded down to their bin, and AUPRO is the MVTec AD curve
 with a threshold at every bin edge. With 2^20 bins over the range of 4 summed levels (width ~8e-4) they agree
 with the exact metrics to about 1e-3 points for maps spread over ~10 units, and within 0.01 points for the
-narrow maps of an untrained tiny model (tests/unit/test_streamed_metrics.py, tests/integration/
-test_evaluate_streaming.py); AUPRO lies closer to a fine-grid computation than pixel_aupro's 200 thresholds. Min-max normalisation per
-class is increasing, so pixel metrics need none. Image metrics need only per-image scalars (map maximum and
-minimum, raw score, label), kept in lists.
+narrow maps of an untrained tiny model (tests/unit/test_streamed_metrics.py and
+tests/integration/test_evaluate_streaming.py); AUPRO lies closer to a fine-grid computation than pixel_aupro's
+200 thresholds do. Min-max normalisation per class is increasing, so pixel metrics need none. Image metrics need
+only per-image scalars (map maximum and minimum, raw score, label), kept in lists.
 """
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ def exact_class_metrics(session, config: TrainConfig) -> dict[str, dict[str, flo
     anchors = session.model.class_anchors(session.model.tokenize(names, config.data.val.prompt_names))
     per_class = {}
     for index, name in enumerate(names):
-        items = [item for item in AnomalyDataset(records, config.model.image_size, "none") if item["class_name"] == name]
+        dataset = AnomalyDataset(records, config.model.image_size, "none")
+        items = [item for item in dataset if item["class_name"] == name]
         pixels = torch.stack([item["image"] for item in items])
         maps, scores = batch_predictions(session.model, pixels, anchors[index:index + 1].expand(len(items), -1, -1),
                                          config, None, torch.no_grad)
