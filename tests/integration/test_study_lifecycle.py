@@ -88,6 +88,10 @@ def check_run_contents(client: MlflowClient, runs: list) -> None:
         assert epochs == list(range(1, len(epochs) + 1)), f"{run.info.run_name}: epochs {epochs} (duplicated?)"
         assert set(flatten(load_config("tiny").to_dict())) <= set(run.data.params)  # the whole flat config
         assert run.data.params["model.name"] == "aaclip-tiny"
+        for split in ("train", "val", "test"):  # which images the trial saw, for auditing selection vs test
+            assert int(run.data.params[f"split.{split}.images"]) > 0
+            assert len(run.data.params[f"split.{split}.fingerprint"]) == 16
+        assert run.data.params["split.val.fingerprint"] != run.data.params["split.test.fingerprint"]
         artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "gradient_flow.png", "gallery", "best_adapters"} <= artifacts, artifacts
         assert client.list_artifacts(run.info.run_id, "best_adapters")[0].path == "best_adapters/adapters.pt"

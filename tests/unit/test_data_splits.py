@@ -83,6 +83,8 @@ def test_fingerprints_name_the_images_not_the_root(root, make_synthetic):
     copy = make_synthetic(normal=6, anomalous=5, size=16, name="elsewhere")  # same generator, other folder
     assert split_fingerprint(load_records(part(copy, "held_out"))) == split_fingerprint(records)
     assert split_fingerprint(load_records(part(root, "remainder"))) != split_fingerprint(records)
+    other_pixels = make_synthetic(normal=6, anomalous=5, size=16, seed=1)  # same ids, other images
+    assert split_fingerprint(load_records(part(other_pixels, "held_out"))) != split_fingerprint(records)
     summary = split_summary({"val": records})
     assert summary == {"split.val.images": len(records), "split.val.fingerprint": split_fingerprint(records)}
 
