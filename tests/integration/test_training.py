@@ -2,6 +2,7 @@
 the feature cache, starting from base adapters, and checkpoints that are refused."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -89,6 +90,9 @@ def test_fit_reports_the_documented_metrics(tiny_config: TrainConfig, tmp_path: 
     assert 0 < last["grad/image_adapter_share"] <= 1
     assert [m["loop"] for m in result.history] == [1, 1, 2, 2]
     assert (tmp_path / "run/metrics.json").is_file() and (tmp_path / "run/config.yaml").is_file()
+    written = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert written["split.val.images"] == 18 and written["split.train.images"] == 18  # 3 classes x (3 + 3)
+    assert len(written["split.val.fingerprint"]) == 16 and "split.test.images" not in written  # no data.test
 
 
 def test_feature_cache_matches_fresh_computation(tiny_config: TrainConfig, tmp_path: Path) -> None:
