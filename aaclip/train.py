@@ -19,9 +19,9 @@ from torch import nn
 from aaclip import losses
 from aaclip.checkpoint import load_adapters, load_into, load_state, read_base_adapters, save_checkpoint
 from aaclip.config import TrainConfig
+from aaclip.data.splits import split_summary
 from aaclip.metric_names import REPORTED_METRICS  # noqa: F401  (re-exported for callers of fit)
 from aaclip.schedule import IMAGE, TEXT, StagePlan, feedback_plan, loop_lr, lr_factor
-from aaclip.data.splits import split_summary
 from aaclip.session import Session, build_session
 
 EpochCallback = Callable[[dict[str, float], Path], None]

@@ -70,12 +70,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     train_config = trial_config(context.study, config)
     splits = split_summary(load_splits(train_config.data))  # which images the trial saw; refuses val/test overlap
     tune_context = ray.tune.get_context()
-    client = tracking_client(context.tracking_uri)
-    run = TrialRun.open(client, experiment_id=context.experiment_id,
+    run = TrialRun.open(tracking_client(context.tracking_uri), experiment_id=context.experiment_id,
                         parent_run_id=context.parent_run_id, study=context.study.name,
                         trial_id=tune_context.get_trial_id(), trial_name=tune_context.get_trial_name(),
                         config=train_config, baseline=is_baseline(config))
-    log_params(client, run.run_id, splits)  # the same values again on a restart, which MLflow accepts
+    log_params(run.client, run.run_id, splits)  # the same values again on a restart, which MLflow accepts
     if OPTUNA_KEY in config:
         run.set_tags({"aaclip.optuna_trial": config[OPTUNA_KEY]})
     # Under AACLIP_HOME, not /tmp: a worker killed mid-trial leaves its scratch where the project's state lives.
