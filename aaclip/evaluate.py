@@ -43,12 +43,12 @@ def batch_predictions(model: AdaptedCLIP, pixels: torch.Tensor, anchors: torch.T
     return torch.stack(level_maps).sum(dim=0).cpu(), scores.cpu()
 
 
-def class_runs(class_names: list[str]) -> list[tuple[str, slice]]:
-    """(class, rows) for each run of one class in a batch (records come sorted by class)."""
+def class_runs(names: list[str]) -> list[tuple[str, slice]]:
+    """(class, rows) for each run of one class in a batch's class names (records come sorted by class)."""
     runs, start = [], 0
-    for index in range(1, len(class_names) + 1):
-        if index == len(class_names) or class_names[index] != class_names[start]:
-            runs.append((class_names[start], slice(start, index)))
+    for index in range(1, len(names) + 1):
+        if index == len(names) or names[index] != names[start]:
+            runs.append((names[start], slice(start, index)))
             start = index
     return runs
 
@@ -65,16 +65,15 @@ class GalleryPicker:
     """The first anomalous image of each of the first classes (their first image if none is anomalous), picked
     as batches pass: only the few rows drawn are kept, never the evaluated images."""
 
-    def __init__(self, class_names: list[str]):
+    def __init__(self, names: list[str]):
         self.rows: dict[str, GalleryRow] = {}
-        self.wanted = set(class_names[:GALLERY_IMAGES])
+        self.wanted = set(sorted(names)[:GALLERY_IMAGES])
 
     def offer(self, class_name: str, images: torch.Tensor, masks: np.ndarray, maps: np.ndarray,
               labels: np.ndarray) -> None:
-        if class_name not in self.wanted or (class_name in self.rows and self.rows[class_name].anomalous):
-            return
-        anomalous = np.flatnonzero(labels)
-        if class_name in self.rows and not len(anomalous):
+        """Rows of one class from a batch; copies at most one of them."""
+        kept, anomalous = self.rows.get(class_name), np.flatnonzero(labels)
+        if class_name not in self.wanted or (kept is not None and (kept.anomalous or not len(anomalous))):
             return
         index = int(anomalous[0]) if len(anomalous) else 0
         self.rows[class_name] = GalleryRow(images[index].clone(), masks[index].copy(), maps[index].copy(),
