@@ -74,8 +74,7 @@ def test_data_synth_writes_a_visa_layout(tmp_path: Path, aaclip_home: Path) -> N
 
 
 @pytest.mark.parametrize("args", [
-    ["train", "{config}", "--out", "{run}", "--test"],
-    ["train", "{config}", "--out", "{run}"],
+    ["train", "{config}", "--out", "{run}", "--test"],  # plain `train` reads the splits the same way
     ["evaluate", "{config}", "--checkpoint", "{run}/checkpoint", "--split", "test"],
 ])
 def test_val_that_shares_images_with_test_is_refused(args: list[str], tiny_config: TrainConfig, tiny_data,
