@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -17,6 +18,7 @@ from aaclip.data.dataset import AnomalyDataset
 from aaclip.data.records import Record
 from aaclip.data.transforms import CLIP_MEAN, CLIP_STD
 from aaclip.model import AdaptedCLIP
+from aaclip.notices import notice
 
 GALLERY_IMAGES = 6
 
@@ -80,7 +82,11 @@ def evaluate_records(model: AdaptedCLIP, records: list[Record], config: TrainCon
     model.train(was_training)
     if gallery is not None:
         save_gallery(gallery, shown)
-    return metrics.summarise(per_class, prefix=prefix)
+    results = metrics.summarise(per_class, prefix=prefix)
+    undefined = sorted(key for key, value in results.items() if math.isnan(value))
+    if undefined:
+        notice(f"{prefix}: undefined (NaN) metrics, left out of the means: {', '.join(undefined)}")
+    return results
 
 
 def save_gallery(path: Path, results: list[dict]) -> None:
