@@ -19,7 +19,7 @@ def load_checked_records(config: TrainConfig, splits: tuple[str, ...] = ("train"
     for split in splits:
         spec = getattr(config.data, split)
         if spec is None:
-            raise DataError(f"data.{split} is not set in the config: nothing to evaluate for --split {split}")
+            raise DataError(f"data.{split} is not set in the config: set it to evaluate on {split} data")
         records[split] = load_records(spec)
     refuse_normal_only_training(config.data.train, records["train"])
     for split in splits:
