@@ -92,8 +92,9 @@ def export(name: str = typer.Argument(...),
            trial: Optional[str] = typer.Option(None, "--trial", help="A trial id or name (default: the best)."),
            tracking_uri: Optional[str] = TrackingOption) -> None:
     """Write the best (or a chosen) trial's complete TrainConfig, with provenance, for `aaclip train`."""
-    from study.export import export_trial
+    from study.export import check_output, export_trial
 
+    check_output(output)  # before a server is started or asked
     provenance = export_trial(_client(tracking_uri), name, output, trial)
     echo(f"wrote {output}: trial {provenance['trial']} ({provenance['metric']} = {provenance['value']}); "
          f"retrain with `aaclip train {output}`")

@@ -8,6 +8,7 @@ a launch that fails anyway before its first trial marks its parent run FAILED an
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +66,8 @@ OPTUNA_STORAGE_VARIABLE = "AACLIP_OPTUNA_STORAGE"  # keeps a database password o
 def optuna_storage_url(study: Study) -> str:
     if study.spec.searcher.storage or os.environ.get(OPTUNA_STORAGE_VARIABLE):
         return study.spec.searcher.storage or os.environ[OPTUNA_STORAGE_VARIABLE]
-    folder = aaclip_home() / "optuna"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'optuna.db'}"  # optuna-dashboard sqlite:///... shows the running study
+    # optuna-dashboard sqlite:///... shows the running study. The folder is made when the storage is opened.
+    return f"sqlite:///{aaclip_home() / 'optuna' / 'optuna.db'}"
 
 
 def without_password(url: str) -> str:
@@ -78,7 +78,12 @@ def without_password(url: str) -> str:
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    engine = {}
+    if url.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        Path(make_url(url).database).parent.mkdir(parents=True, exist_ok=True)
+        engine = {"connect_args": {"timeout": 60}}
     return optuna.storages.RDBStorage(url, engine_kwargs=engine)
 
 
@@ -235,12 +240,13 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
                              f"`aaclip-study resume {study.name}`, or start a new one with --name")
         _refuse_existing_optuna_study(study)
         experiment_id = ensure_experiment(client, study.spec.tracking.experiment or study.name)
+        folder_existed = "://" in experiment_path or Path(experiment_path).exists()
         parent_run_id = _create_parent(client, study, experiment_id, experiment_path)
         try:
             context = TrialContext.from_driver(study, uri, experiment_id, parent_run_id, aaclip_home())
             tuner = make_tuner(study, context, root)
         except BaseException:
-            _abandon_launch(client, parent_run_id, study)
+            _abandon_launch(client, parent_run_id, study, None if folder_existed else Path(experiment_path))
             raise
         echo(f"study {study.name}: MLflow runs at {runs_link(uri, experiment_id)}")
         echo(f"  searcher: optuna-dashboard {optuna_storage_url(study)}")
@@ -250,9 +256,12 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
             ray.shutdown()
 
 
-def _abandon_launch(client, parent_run_id: str, study: Study) -> None:
+def _abandon_launch(client, parent_run_id: str, study: Study, made_folder: Path | None) -> None:
     """A launch that failed before its first trial: the parent run is marked FAILED and moved to MLflow's
-    trash, and the Optuna study is deleted, so the name is free for the next launch."""
+    trash, the Optuna study is deleted and the Ray experiment folder this launch made is removed, so the name
+    is free for the next launch."""
+    if made_folder is not None:
+        shutil.rmtree(made_folder, ignore_errors=True)
     client.set_tag(parent_run_id, "aaclip.launch", "failed")
     client.set_terminated(parent_run_id, status="FAILED")
     client.delete_run(parent_run_id)

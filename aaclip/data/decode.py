@@ -21,7 +21,8 @@ UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
 @contextmanager
 def opened(path: Path, what: str):
-    """Image.open with every failure (missing, garbage, bomb) turned into a DataError naming the file."""
+    """Image.open with every failure (missing, garbage, bomb) turned into a DataError naming the file. The
+    header is all that is read here: "cannot read"; a failure while decoding pixels is "cannot decode"."""
     try:
         with warnings.catch_warnings():
             # Between 1x and 2x the pixel limit PIL only warns; past it every decode would exhaust memory.
@@ -34,8 +35,7 @@ def opened(path: Path, what: str):
         raise DataError(f"{path}: {what} declares more pixels than the decompression-bomb limit "
                         f"({Image.MAX_IMAGE_PIXELS} pixels); replace the file or downscale it") from None
     except UNREADABLE as error:
-        raise DataError(f"{path}: cannot decode {what} ({error.__class__.__name__}: {error}); replace or remove "
-                        "the file") from None
+        raise DataError(f"{path}: cannot read {what} ({error.__class__.__name__}); replace or remove it") from None
 
 
 def header_size(path: Path, what: str) -> tuple[int, int]:
@@ -52,8 +52,7 @@ def decode(path: Path, what: str) -> Image.Image:
         try:
             image.load()
         except UNREADABLE as error:
-            raise DataError(f"{path}: cannot decode {what} ({error.__class__.__name__}: {error}); replace or "
-                            "remove the file") from None
+            raise DataError(f"{path}: cannot decode {what} ({error}); replace or remove the file") from None
         return image.copy()
 
 

@@ -15,9 +15,9 @@ from typing import Callable
 
 import pytest
 import yaml
-from bad_inputs import changes, png_bomb, run_main, snapshot, truncate
 
 from aaclip import cli
+from tests.bad_inputs import changes, png_bomb, run_main, snapshot, truncate
 
 
 @dataclass
@@ -134,7 +134,7 @@ CASES = [
     Case("unknown-category", [*TRAIN, SET, "data.val.categories=[disc, moon]"], "unknown category moon"),
     Case("unknown-split", [*TRAIN, SET, "data.val.split=val"], "not 'val'"),
     Case("normal-only-training", [*TRAIN, SET, "data.train.split=train"], "split 'train' has no anomalous images"),
-    Case("garbage-val-image", [*TRAIN], "cannot decode image",
+    Case("garbage-val-image", [*TRAIN], "cannot read image",
          _break_val(lambda path: path.write_bytes(b"not an image")), private_data=True),
     Case("truncated-val-image", [*TRAIN], "cannot decode image", _break_val(truncate), private_data=True),
     Case("decompression-bomb", [*TRAIN], "decompression-bomb limit", _break_val(png_bomb), private_data=True),
