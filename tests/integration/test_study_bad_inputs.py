@@ -88,6 +88,8 @@ CASES = [
          spec={"storage": "/proc/aaclip"}),
     Case("storage-below-a-file", "spec.yaml is a file, not a folder", spec={"storage": "{dir}/spec.yaml/results"}),
     Case("storage-flag-below-a-file", "spec.yaml is a file, not a folder", args=["--storage", "{dir}/spec.yaml/x"]),
+    Case("storage-unreachable-s3", "storage: s3://no-such-bucket-aaclip-study/results: ",
+         spec={"storage": "s3://no-such-bucket-aaclip-study/results"}),
     Case("optuna-not-a-url", "searcher.storage: 'not a url' is not a database URL",
          spec={"searcher": {"storage": "not a url"}}),
     Case("optuna-unknown-driver", "searcher.storage: nosuchdb://host/db: unusable",
