@@ -7,6 +7,7 @@ a launch that fails anyway before its first trial marks its parent run FAILED an
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -246,7 +247,8 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
             context = TrialContext.from_driver(study, uri, experiment_id, parent_run_id, aaclip_home())
             tuner = make_tuner(study, context, root)
         except BaseException:
-            _abandon_launch(client, parent_run_id, study, None if folder_existed else Path(experiment_path))
+            with contextlib.suppress(Exception):  # best effort: the launch's own error is the one to show
+                _abandon_launch(client, parent_run_id, study, None if folder_existed else Path(experiment_path))
             raise
         echo(f"study {study.name}: MLflow runs at {runs_link(uri, experiment_id)}")
         echo(f"  searcher: optuna-dashboard {optuna_storage_url(study)}")
