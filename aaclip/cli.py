@@ -129,11 +129,15 @@ def data_synth(out: Path = typer.Argument(..., help="Folder to write the dataset
                images: int = typer.Option(10, "--images", help="Normal and anomalous images per class")):
     """Write a synthetic dataset in the real MVTec AD (or VisA) on-disk layout."""
     from aaclip.data.synthetic import generate_synthetic
+    from aaclip.outputs import creatable_folder_problem
 
     if layout not in ("mvtec", "visa"):
         raise AaclipError(f"--layout: {layout!r} is not mvtec or visa")
     if images < 1:
         raise AaclipError(f"--images: {images} must be at least 1 (normal and anomalous images per class)")
+    problem = creatable_folder_problem(out)
+    if problem:
+        raise AaclipError(f"{out}: cannot be created: {problem}")
     root = generate_synthetic(out, domain, seed, layout=layout, normal_per_class=images,
                               anomalous_per_class=images)
     typer.echo(f"wrote {root}")
