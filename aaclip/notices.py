@@ -6,26 +6,54 @@ the run (warnings.json beside metrics.json; a study trial also tags its MLflow r
 """
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class AaclipWarning(Warning):
     """Not a UserWarning: the CLIs silence library UserWarnings, never these."""
 
 
-_recorded: list[str] = []
+_scopes: list[list[str]] = [[]]  # the process-wide scope at the bottom; `collecting()` pushes one per run
+_shown: set[str] = set()
 
 
 def notice(message: str) -> None:
-    """Warn once per process for each distinct message and record it."""
-    if message in _recorded:
-        return
-    _recorded.append(message)
-    warnings.warn(message, AaclipWarning, stacklevel=2)
+    """Record a notice in the current scope (a run) and warn about it once per process."""
+    scope = _scopes[-1]
+    if message not in scope:
+        scope.append(message)
+    if message not in _shown:  # e.g. `aaclip train` checks the data before its run's scope and again inside
+        _shown.add(message)
+        warnings.warn(message, AaclipWarning, stacklevel=2)
+
+
+@contextmanager
+def collecting() -> Iterator[list[str]]:
+    """A scope for one run: its notices are recorded apart from earlier runs in the same process (a Ray
+    worker may run several trials)."""
+    found: list[str] = []
+    _scopes.append(found)
+    try:
+        yield found
+    finally:
+        _scopes.remove(found)
+
+
+def in_own_scope(function: Callable) -> Callable:
+    """Decorator: every call runs in its own `collecting()` scope (one training run = one scope)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with collecting():
+            return function(*args, **kwargs)
+    return wrapper
 
 
 def recorded() -> list[str]:
-    return list(_recorded)
+    """The notices of the innermost scope so far."""
+    return list(_scopes[-1])
 
 
 def show_as_one_line(message, category, filename, lineno, file=None, line=None) -> None:

@@ -20,7 +20,7 @@ from aaclip import losses
 from aaclip.checkpoint import load_adapters, load_into, load_state, read_base_adapters, save_checkpoint
 from aaclip.config import TrainConfig
 from aaclip.metric_names import REPORTED_METRICS  # noqa: F401  (re-exported for callers of fit)
-from aaclip.notices import recorded
+from aaclip.notices import in_own_scope, recorded
 from aaclip.outputs import write_text_atomically
 from aaclip.schedule import IMAGE, TEXT, StagePlan, feedback_plan, loop_lr, lr_factor
 from aaclip.session import Session, build_session
@@ -175,6 +175,7 @@ def make_optimizer(session: Session, plan: StagePlan) -> torch.optim.Optimizer:
     return kind(groups, betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay)
 
 
+@in_own_scope  # warnings.json and a trial's aaclip.warnings tag hold this run's notices only
 def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = None,
         resume: Path | None = None) -> FitResult:
     """Run the whole feedback schedule; resumable after any epoch from the checkpoint passed to `on_epoch`."""

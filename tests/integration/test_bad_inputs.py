@@ -277,3 +277,25 @@ def test_the_installed_entry_point_refuses_the_same_way(args: list[str], culprit
     assert result.returncode == 2 and len(lines) == 1 and culprit in lines[0], result.stderr
     assert "torch not imported" in result.stdout
     assert list(work.iterdir()) == []
+
+
+def test_suspicious_data_is_warned_once_and_recorded_in_the_run(case_folder: Path, tiny_data, tiny_config,
+                                                                 capsys, monkeypatch) -> None:
+    """Legal but odd: a val class without anomalous images trains, warns once by name, and is recorded."""
+    case = Case("one-sided-val-class", [], "", private_data=True)
+    names = _prepare(case, case_folder, tiny_data, tiny_config)
+    disc = Path(names["val"]) / "disc"
+    for folder in [*(disc / "test").iterdir(), disc / "ground_truth"]:
+        if folder.name != "good":
+            shutil.rmtree(folder)
+    (Path(names["val"]) / "hollow").mkdir()  # an empty category folder
+    out = case_folder / "run"
+    outcome = run_main(cli.main, ["aaclip", "train", str(names["config"]), "--out", str(out), "--set",
+                                  "feedback.loops=1"], capsys, monkeypatch)
+    assert outcome.code == 0, outcome.stderr
+    warned = [line for line in outcome.stderr.splitlines() if line.startswith("warning: ")]
+    assert sum("class 'disc' has no anomalous images" in line for line in warned) == 1, outcome.stderr
+    assert sum("hollow: empty category folder" in line for line in warned) == 1, outcome.stderr
+    recorded = yaml.safe_load((out / "warnings.json").read_text())
+    assert any("class 'disc' has no anomalous images" in note for note in recorded)
+    assert any("undefined (NaN) metrics" in note and "val/disc/pixel_auroc" in note for note in recorded)

@@ -89,3 +89,17 @@ def test_an_empty_category_folder_is_warned(make_synthetic):
     (root / "hollow").mkdir()
     with pytest.warns(AaclipWarning, match="hollow: empty category folder"):
         load_records(DatasetSpec(kind="mvtec", root=str(root)))
+
+
+def test_each_run_records_its_own_notices_and_each_is_shown_once():
+    from aaclip.notices import collecting, notice
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with collecting() as first:
+            notice("data.val: something odd")
+        with collecting() as second:
+            notice("data.val: something odd")  # a second run in the same process records it again
+            notice("data.val: something odd")
+    assert first == second == ["data.val: something odd"]
+    assert [str(w.message) for w in caught] == ["data.val: something odd"]
