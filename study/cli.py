@@ -105,9 +105,11 @@ def report(name: str = typer.Argument(...),
            output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder (default ./<name>-report)."),
            tracking_uri: Optional[str] = TrackingOption) -> None:
     """Optimisation history, parameter importances, parallel coordinates, best vs baseline per class."""
-    from study.report import write_report
+    from study.report import check_report_folder, write_report
 
-    index = write_report(_client(tracking_uri), name, output or Path(f"{name}-report"))
+    folder = output or Path(f"{name}-report")
+    check_report_folder(folder)  # before a server is started or asked
+    index = write_report(_client(tracking_uri), name, folder)
     echo(f"wrote {index} (and its PNG files); also logged to the study's parent run under report/")
 
 

@@ -103,6 +103,9 @@ CASES = [
          args=["--tracking-uri", "ftp://example.org/mlflow"]),
     # export
     Case("export-onto-a-folder", "-o {dir}: is a folder", command=["export", "any", "-o", "{dir}"]),
+    Case("report-onto-a-file", "-o {dir}/spec.yaml: is a file", command=["report", "any", "-o", "{dir}/spec.yaml"]),
+    Case("report-under-proc", "-o /proc/aaclip-report: cannot be created",
+         command=["report", "any", "-o", "/proc/aaclip-report"]),
     Case("export-into-a-missing-folder", "folder {dir}/nowhere does not exist",
          command=["export", "any", "-o", "{dir}/nowhere/best.yaml"]),
 ]
