@@ -6,7 +6,6 @@ depths, grid size. Nothing downstream hard-codes ViT-L numbers.
 from __future__ import annotations
 
 import logging
-import pickle
 import socket
 import zipfile
 from dataclasses import dataclass
@@ -159,9 +158,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             extras = ("input_resolution", "context_length", "vocab_size", "attn_mask")
             return {k: v for k, v in state.items() if k not in extras}
         state = load_state_dict(str(path), weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as error:  # unreadable input
-        raise BackboneError(f"model.pretrained: {path} is not a readable CLIP checkpoint ({error.__class__.__name__})")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    except Exception as error:  # noqa: BLE001 - any failure of a loader on a user's file means "unreadable"
+        # (torch, safetensors and open_clip's post-processing raise RuntimeError, SafetensorError, AttributeError
+        # on a list, StopIteration on an empty dict, ...: none of them is a bug of ours)
+        raise BackboneError(f"model.pretrained: {path} is not a readable CLIP checkpoint "
+                            f"({error.__class__.__name__})") from None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BackboneError(f"model.pretrained: {path} does not contain a state dict of tensors")
     return state
 

@@ -103,4 +103,6 @@ def read_base_adapters(path: str, part: str) -> dict[str, torch.Tensor]:
         weights = content[part]
     if not weights:
         raise CheckpointError(f"init.{part}: {source} contains no {part} weights")
+    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
+        raise CheckpointError(f"init.{part}: {source}: its {part!r} entry is not a dict of tensors")
     return weights

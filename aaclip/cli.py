@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from aaclip.errors import AaclipError
+from aaclip.notices import show_as_one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="AA-CLIP with cross-attention feedback training on open_clip.")
@@ -23,9 +24,13 @@ SetOption = typer.Option(None, "--set", help="Override a config key, e.g. --set 
 
 
 def _config(config: str, overrides: Optional[list[str]]):
-    from aaclip.config import load_config, parse_override
+    """The validated config, checked against the backbone's architecture JSON (no torch import yet)."""
+    from aaclip.architecture import check_config_fits
+    from aaclip.config import load_config, parse_override, resolve_config_path
 
-    return load_config(config, dict(parse_override(item) for item in overrides or []))
+    settings = load_config(config, dict(parse_override(item) for item in overrides or []))
+    check_config_fits(settings, source=str(resolve_config_path(config)))
+    return settings
 
 
 def _progress(metrics: dict, checkpoint: Path) -> None:
@@ -48,14 +53,18 @@ def train(config: str = typer.Argument(..., help="Config file or shipped name (t
           resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a checkpoint folder"),
           test: bool = typer.Option(False, "--test", help="Also evaluate data.test at the end")):
     """Train a configuration through the whole feedback schedule."""
-    from aaclip.train import fit
+    from aaclip.preflight import check_train_start
 
     settings = _config(config, overrides)
+    check_train_start(settings, out, resume, test)  # before torch is imported and before --out is touched
+    from aaclip.outputs import write_text_atomically
+    from aaclip.train import fit
+
     result = fit(settings, out_dir=out, on_epoch=_progress, resume=resume)
     final = dict(result.metrics)
     if test:
         final |= _evaluate(settings, out / "checkpoint", "test")
-        (out / "metrics.json").write_text(json.dumps(final, indent=2))
+        write_text_atomically(out / "metrics.json", json.dumps(final, indent=2))
     typer.echo(f"done: {out}/metrics.json, checkpoint {out}/checkpoint")
 
 
@@ -98,6 +107,8 @@ def diagnose_gradients(config: str = typer.Argument(..., help="Config file or sh
                            "(~17 with OpenAI weights; random-init towers give ~3)"),
                        as_json: bool = typer.Option(False, "--json", help="Print JSON")):
     """Image-adapter gradient norm with vs without image cross-attention (same seed, batch, weights)."""
+    if context_norm is not None and not context_norm > 0:
+        raise AaclipError(f"--context-norm: {context_norm} must be a positive per-token norm (e.g. 17)")
     from aaclip import diagnostics
 
     settings = _config(config, overrides)
@@ -118,9 +129,15 @@ def data_synth(out: Path = typer.Argument(..., help="Folder to write the dataset
                images: int = typer.Option(10, "--images", help="Normal and anomalous images per class")):
     """Write a synthetic dataset in the real MVTec AD (or VisA) on-disk layout."""
     from aaclip.data.synthetic import generate_synthetic
+    from aaclip.outputs import creatable_folder_problem
 
     if layout not in ("mvtec", "visa"):
         raise AaclipError(f"--layout: {layout!r} is not mvtec or visa")
+    if images < 1:
+        raise AaclipError(f"--images: {images} must be at least 1 (normal and anomalous images per class)")
+    problem = creatable_folder_problem(out)
+    if problem:
+        raise AaclipError(f"{out}: cannot be created: {problem}")
     root = generate_synthetic(out, domain, seed, layout=layout, normal_per_class=images,
                               anomalous_per_class=images)
     typer.echo(f"wrote {root}")
@@ -134,6 +151,7 @@ def quiet_libraries() -> None:
 
 def main() -> None:
     quiet_libraries()
+    warnings.showwarning = show_as_one_line
     try:
         app()
     except AaclipError as error:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from aaclip.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
 
 
 class Strict(BaseModel):
@@ -30,6 +32,13 @@ class ModelConfig(Strict):
     quick_gelu: bool | None = None  # null: follow the weights (QuickGELU for OpenAI weights, reference Q1)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is used on GPU only (DESIGN §8)
     device: str = "auto"  # auto -> cuda when available, else cpu
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not DEVICE_PATTERN.match(device):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return device
 
 
 class AdapterConfig(Strict):
@@ -157,6 +166,13 @@ class BlurConfig(Strict):
     kernel: int = Field(7, ge=1)
     sigma: float = Field(1.0, gt=0.0)
 
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, kernel: int) -> int:
+        if kernel % 2 == 0:  # a Gaussian blur needs a centre pixel; an even kernel would shift every map
+            raise ValueError("must be odd (e.g. 3, 5, 7)")
+        return kernel
+
 
 class EvalConfig(Strict):
     every: Literal["loop", "epoch"] = "loop"
@@ -243,6 +259,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    except ValueError:  # UnicodeDecodeError: a binary file, e.g. a checkpoint passed as the config
+        raise ConfigError(f"{path}: not a text YAML file (binary content); pass a config YAML") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return data

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from aaclip.data.dataset import AnomalyDataset
 from aaclip.data.records import Record, class_names
 from aaclip.data.transforms import CLIP_MEAN, CLIP_STD
 from aaclip.model import AdaptedCLIP
+from aaclip.notices import notice
 from aaclip.streamed_metrics import StreamedMetrics
 
 GALLERY_IMAGES = 6
@@ -118,7 +120,11 @@ def evaluate_records(model: AdaptedCLIP, records: list[Record], config: TrainCon
     model.train(was_training)
     if gallery is not None:
         save_gallery(gallery, picker.in_order())
-    return metrics.summarise(stream.results(), prefix=prefix)
+    results = metrics.summarise(stream.results(), prefix=prefix)
+    undefined = sorted(key for key, value in results.items() if math.isnan(value))
+    if undefined:
+        notice(f"{prefix}: undefined (NaN) metrics, left out of the means: {', '.join(undefined)}")
+    return results
 
 
 def save_gallery(path: Path, rows: list[GalleryRow]) -> None:

@@ -15,10 +15,10 @@ from torch import nn
 
 from aaclip import prompts
 from aaclip.adapters import Adapter, norm_matched_residual
+from aaclip.architecture import ArchitectureShape, check_fits
 from aaclip.backbone import BackboneInfo, check_batch_first, describe, run_block, text_embed, vision_embed
 from aaclip.config import TrainConfig
 from aaclip.cross_attention import CrossAttention
-from aaclip.errors import ConfigError
 
 NORMAL_PROMPTS = len(prompts.NORMAL_STATES) * len(prompts.TEMPLATES)
 
@@ -30,20 +30,9 @@ class ImageFeatures:
 
 
 def check_fits_backbone(config: TrainConfig, info: BackboneInfo) -> None:
-    """Config values that only make sense against the backbone's depth and widths."""
-    adapters, cross = config.adapters, config.cross_attention
-    problems = [
-        (max(adapters.levels) > info.vision_layers, "adapters.levels", adapters.levels, info.vision_layers),
-        (adapters.image_until > info.vision_layers, "adapters.image_until", adapters.image_until, info.vision_layers),
-        (adapters.text_until > info.text_layers, "adapters.text_until", adapters.text_until, info.text_layers),
-        (config.stage1.surgery_from_block >= info.vision_layers, "stage1.surgery_from_block",
-         config.stage1.surgery_from_block, info.vision_layers - 1),
-    ]
-    for failed, key, value, limit in problems:
-        if failed:
-            raise ConfigError(f"{key}: {value} exceeds the depth of {config.model.name} (at most {limit})")
-    if info.text_width % cross.heads:
-        raise ConfigError(f"cross_attention.heads: {cross.heads} does not divide the width {info.text_width}")
+    """The config against the built backbone (covers hub architectures that have no local JSON too)."""
+    check_fits(config, ArchitectureShape(vision_layers=info.vision_layers, vision_width=info.vision_width,
+                                         text_layers=info.text_layers, text_width=info.text_width, patch_size=None))
 
 
 class AdaptedCLIP(nn.Module):

@@ -11,11 +11,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from aaclip.architecture import check_config_fits
 from aaclip.backbone import load_clip
 from aaclip.config import TrainConfig
+from aaclip.data.checks import load_checked_records
 from aaclip.data.dataset import AnomalyDataset
 from aaclip.data.records import Record, class_names
-from aaclip.data.splits import load_splits
+from aaclip.errors import ConfigError
 from aaclip.evaluate import evaluate_records
 from aaclip.features import FeatureCache, cache_key, cached_targets
 from aaclip.home import aaclip_home
@@ -31,9 +33,19 @@ def stable_seed(*parts: object) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    """model.device as a torch device; a CUDA device this machine does not have is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"model.device: {name} requested, but torch sees no CUDA device on this machine; "
+                              "set model.device: auto or cpu")
+        if (device.index or 0) >= count:
+            raise ConfigError(f"model.device: {name} requested, but this machine has {count} CUDA device(s) "
+                              f"(cuda:0 to cuda:{count - 1})")
+    return device
 
 
 def build_model(config: TrainConfig, device: torch.device) -> AdaptedCLIP:
@@ -140,12 +152,12 @@ class Session:
                                 prompt_names=spec.prompt_names, gallery=gallery, autocast=self.autocast)
 
 
-def build_session(config: TrainConfig, out_dir: Path | None = None) -> Session:
-    """Everything fails here, before training starts: data roots, masks, class prompts, backbone fit."""
-    splits = load_splits(config.data)  # refuses val and test that share an image, before anything else
+def build_session(config: TrainConfig) -> Session:
+    """Everything fails here, before training starts and before anything is written: data roots, masks, val and
+    test disjoint, every image's decode, class prompts, device, backbone fit."""
+    check_config_fits(config)
+    splits = load_checked_records(config)
     device = resolve_device(config.model.device)
     model = build_model(config, device)
     model.tokenize(class_names(splits["val"]), config.data.val.prompt_names)  # every val class has prompts
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
     return Session(config, model, device, splits)

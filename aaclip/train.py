@@ -21,6 +21,8 @@ from aaclip.checkpoint import load_adapters, load_into, load_state, read_base_ad
 from aaclip.config import TrainConfig
 from aaclip.data.splits import split_summary
 from aaclip.metric_names import REPORTED_METRICS  # noqa: F401  (re-exported for callers of fit)
+from aaclip.notices import in_own_scope, recorded
+from aaclip.outputs import write_text_atomically
 from aaclip.schedule import IMAGE, TEXT, StagePlan, feedback_plan, loop_lr, lr_factor
 from aaclip.session import Session, build_session
 
@@ -174,18 +176,19 @@ def make_optimizer(session: Session, plan: StagePlan) -> torch.optim.Optimizer:
     return kind(groups, betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay)
 
 
+@in_own_scope  # warnings.json and a trial's aaclip.warnings tag hold this run's notices only
 def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = None,
         resume: Path | None = None) -> FitResult:
     """Run the whole feedback schedule; resumable after any epoch from the checkpoint passed to `on_epoch`."""
     out_dir = Path(out_dir)
-    session = build_session(config, out_dir)
+    session = build_session(config)
     plan = feedback_plan(config.feedback)
     position, optimizer_states = Position(), {}
     if resume is not None:
         position, optimizer_states = restore(session, Path(resume))
     else:
         apply_init(session)
-    (out_dir / "config.yaml").write_text(config.to_yaml())
+    write_text_atomically(out_dir / "config.yaml", config.to_yaml())  # the first write: every check has passed
     optimizers: dict[int, torch.optim.Optimizer] = {}
     while position.plan_index < len(plan):
         stage_plan = plan[position.plan_index]
@@ -206,7 +209,9 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
             position.plan_index, position.epochs_done_in_stage = position.plan_index + 1, 0
     # Which images each split held (sizes and fingerprints), beside the numbers measured on them.
     final = (position.history[-1] if position.history else {}) | split_summary(session.splits)
-    (out_dir / "metrics.json").write_text(json.dumps(final, indent=2))
+    write_text_atomically(out_dir / "metrics.json", json.dumps(final, indent=2))
+    if recorded():
+        write_text_atomically(out_dir / "warnings.json", json.dumps(recorded(), indent=2))
     return FitResult(final, position.history, out_dir)
 
 

@@ -92,8 +92,9 @@ def export(name: str = typer.Argument(...),
            trial: Optional[str] = typer.Option(None, "--trial", help="A trial id or name (default: the best)."),
            tracking_uri: Optional[str] = TrackingOption) -> None:
     """Write the best (or a chosen) trial's complete TrainConfig, with provenance, for `aaclip train`."""
-    from study.export import export_trial
+    from study.export import check_output, export_trial
 
+    check_output(output)  # before a server is started or asked
     provenance = export_trial(_client(tracking_uri), name, output, trial)
     echo(f"wrote {output}: trial {provenance['trial']} ({provenance['metric']} = {provenance['value']}); "
          f"retrain with `aaclip train {output}`")
@@ -104,9 +105,11 @@ def report(name: str = typer.Argument(...),
            output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder (default ./<name>-report)."),
            tracking_uri: Optional[str] = TrackingOption) -> None:
     """Optimisation history, parameter importances, parallel coordinates, best vs baseline per class."""
-    from study.report import write_report
+    from study.report import check_report_folder, write_report
 
-    index = write_report(_client(tracking_uri), name, output or Path(f"{name}-report"))
+    folder = output or Path(f"{name}-report")
+    check_report_folder(folder)  # before a server is started or asked
+    index = write_report(_client(tracking_uri), name, folder)
     echo(f"wrote {index} (and its PNG files); also logged to the study's parent run under report/")
 
 

@@ -7,7 +7,6 @@ config loader ignores that section.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -17,6 +16,7 @@ from typing import Any
 import yaml
 
 from aaclip.config import read_yaml, validate_config
+from aaclip.outputs import write_text_atomically
 from study.errors import StudyError
 from study.tracking import STUDY, TRIAL_ID, require_parent_run, trial_runs
 
@@ -46,6 +46,7 @@ def choose_trial(runs: list, metric: str, mode: str, trial: str | None = None):
 
 def export_trial(client, name: str, output: Path, trial: str | None = None) -> dict[str, Any]:
     """Write the chosen trial's config with provenance to `output`; returns the provenance."""
+    check_output(output)
     parent = require_parent_run(client, name)
     metric, mode = parent.data.tags["aaclip.objective"], parent.data.tags["aaclip.mode"]
     run = choose_trial(trial_runs(client, parent), metric, mode, trial)
@@ -59,15 +60,14 @@ def export_trial(client, name: str, output: Path, trial: str | None = None) -> d
         "value": run.data.metrics.get(metric), "baseline": run.data.tags.get("aaclip.baseline") == "true",
         "package_version": package_version(), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_atomically(output, yaml.safe_dump({**data, "provenance": provenance}, sort_keys=False))
+    write_text_atomically(output, yaml.safe_dump({**data, "provenance": provenance}, sort_keys=False))
     return provenance
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def check_output(path: Path) -> None:
+    """-o must name a file in an existing folder: checked before anything is fetched or written."""
     path = Path(path)
-    if path.parent and not path.parent.exists():
+    if path.is_dir():
+        raise StudyError(f"-o {path}: is a folder; name the YAML file to write, e.g. {path / 'best.yaml'}")
+    if not path.parent.is_dir():
         raise StudyError(f"-o {path}: folder {path.parent} does not exist")
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)

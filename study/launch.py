@@ -1,12 +1,15 @@
 """Launch and resume a study: Ray, the tracking server, the parent run, and the Tuner (DESIGN §5-§6).
 
-Order matters: everything that can refuse a study (the spec, an existing study of the same name, a cluster
-without the requested GPUs, an unreachable tracking server) is checked before the parent run is written or a
-trial starts, so a refused study leaves nothing half-made behind.
+Order matters: everything that can refuse a study (the spec, the Ray and Optuna storages, an existing study of the
+same name, a cluster without the requested GPUs, an unreachable tracking server) is checked before the
+experiment, the parent run or the Optuna study is written, so a refused study leaves nothing half-made behind;
+a launch that fails anyway before its first trial marks its parent run FAILED and frees the name.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from aaclip.home import aaclip_home
 from study.callbacks import OutcomeRecorder, Progress
 from study.errors import StudyError
 from study.guard import GradientGuard
+from study.preflight import check_launch_targets
 from study.searcher import INDEX_KEY, BaselineFirst, StudyOptunaSearch, is_baseline
 from study.server import resolve_tracking_uri
 from study.spec import Study, parse_study
@@ -63,9 +67,8 @@ OPTUNA_STORAGE_VARIABLE = "AACLIP_OPTUNA_STORAGE"  # keeps a database password o
 def optuna_storage_url(study: Study) -> str:
     if study.spec.searcher.storage or os.environ.get(OPTUNA_STORAGE_VARIABLE):
         return study.spec.searcher.storage or os.environ[OPTUNA_STORAGE_VARIABLE]
-    folder = aaclip_home() / "optuna"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'optuna.db'}"  # optuna-dashboard sqlite:///... shows the running study
+    # optuna-dashboard sqlite:///... shows the running study. The folder is made when the storage is opened.
+    return f"sqlite:///{aaclip_home() / 'optuna' / 'optuna.db'}"
 
 
 def without_password(url: str) -> str:
@@ -76,7 +79,12 @@ def without_password(url: str) -> str:
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    engine = {}
+    if url.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        Path(make_url(url).database).parent.mkdir(parents=True, exist_ok=True)
+        engine = {"connect_args": {"timeout": 60}}
     return optuna.storages.RDBStorage(url, engine_kwargs=engine)
 
 
@@ -110,11 +118,11 @@ def preflight_data(study: Study) -> None:
     concurrent trials never race to generate the same synthetic dataset. Skipped for a remote cluster, whose
     data paths need not exist on the driver's machine.
     """
+    from aaclip.data.checks import load_checked_records
     from aaclip.data.records import class_names
-    from aaclip.data.splits import load_splits
 
-    config = study.base_config
-    validation_classes = class_names(load_splits(config.data, study.source)["val"])  # val and test disjoint
+    # val and test disjoint, every image decodes
+    validation_classes = class_names(load_checked_records(study.base_config, source=study.source)["val"])
     parts = study.spec.objective.metric.split("/")
     if len(parts) == 3 and parts[1] not in validation_classes:
         raise StudyError(f"{study.source}: objective.metric: the validation data has no class {parts[1]!r} "
@@ -216,31 +224,53 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
               storage: str | None = None, echo: Echo = print) -> StudyRun:
     root = storage_root(storage or study.spec.storage)
     experiment_path = f"{root}/{study.name}"
+    check_launch_targets(root, optuna_storage_url(study), study.source)
     if tune.Tuner.can_restore(experiment_path):
         raise StudyError(f"study {study.name!r} already exists in {experiment_path}: continue it with "
                          f"`aaclip-study resume {study.name}`, or start a new one with --name")
     remote = bool(address) or os.environ.get("RAY_ADDRESS", "local") not in ("", "local")
     if not remote:
         preflight_data(study)
+    uri = resolve_tracking_uri(tracking_uri, study.spec.tracking.uri, echo=echo)
+    client = tracking_client(uri)
     started = connect_ray(address)
     try:
         check_cluster(study)
-        uri = resolve_tracking_uri(tracking_uri, study.spec.tracking.uri, echo=echo)
         warn_if_unreachable(uri, echo)
-        client = tracking_client(uri)
-        experiment_id = ensure_experiment(client, study.spec.tracking.experiment or study.name)
         if find_parent_run(client, study.name) is not None:
             raise StudyError(f"study {study.name!r} already exists on {uri}: continue it with "
                              f"`aaclip-study resume {study.name}`, or start a new one with --name")
         _refuse_existing_optuna_study(study)
+        experiment_id = ensure_experiment(client, study.spec.tracking.experiment or study.name)
+        folder_existed = "://" in experiment_path or Path(experiment_path).exists()
         parent_run_id = _create_parent(client, study, experiment_id, experiment_path)
+        try:
+            context = TrialContext.from_driver(study, uri, experiment_id, parent_run_id, aaclip_home())
+            tuner = make_tuner(study, context, root)
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: the launch's own error is the one to show
+                _abandon_launch(client, parent_run_id, study, None if folder_existed else Path(experiment_path))
+            raise
         echo(f"study {study.name}: MLflow runs at {runs_link(uri, experiment_id)}")
         echo(f"  searcher: optuna-dashboard {optuna_storage_url(study)}")
-        context = TrialContext.from_driver(study, uri, experiment_id, parent_run_id, aaclip_home())
-        return _execute(make_tuner(study, context, root), study, context, experiment_path, echo)
+        return _execute(tuner, study, context, experiment_path, echo)
     finally:
         if started:
             ray.shutdown()
+
+
+def _abandon_launch(client, parent_run_id: str, study: Study, made_folder: Path | None) -> None:
+    """A launch that failed before its first trial: the parent run is marked FAILED and moved to MLflow's
+    trash, the Optuna study is deleted and the Ray experiment folder this launch made is removed, so the name
+    is free for the next launch."""
+    if made_folder is not None:
+        shutil.rmtree(made_folder, ignore_errors=True)
+    client.set_tag(parent_run_id, "aaclip.launch", "failed")
+    client.set_terminated(parent_run_id, status="FAILED")
+    client.delete_run(parent_run_id)
+    url = optuna_storage_url(study)
+    if study.name in optuna.get_all_study_names(optuna_storage(url)):
+        optuna.delete_study(study_name=study.name, storage=optuna_storage(url))
 
 
 def _refuse_existing_optuna_study(study: Study) -> None:

@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
 
+from aaclip.outputs import creatable_folder_problem, write_text_atomically  # noqa: E402
+from study.errors import StudyError  # noqa: E402
 from study.launch import study_from_parent  # noqa: E402
 from study.space import Parameter, SearchSpace  # noqa: E402
 from study.status import param_value  # noqa: E402
@@ -129,6 +131,14 @@ def best_and_baseline(runs: list, metric: str, mode: str):
     return best, baseline
 
 
+def check_report_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise StudyError(f"-o {folder}: is a file; name a folder for the report")
+    problem = creatable_folder_problem(folder)
+    if problem:
+        raise StudyError(f"-o {folder}: cannot be created: {problem}")
+
+
 def write_report(client, name: str, folder: Path) -> Path:
     """Write index.html and the PNG figures into `folder`, log them to the parent run; returns index.html."""
     parent = require_parent_run(client, name)
@@ -143,7 +153,7 @@ def write_report(client, name: str, folder: Path) -> Path:
     if class_figure(rows, metric_name, folder / "best_vs_baseline.png"):
         figures["best_vs_baseline"] = "best_vs_baseline.png"
     index = folder / "index.html"
-    index.write_text(render_html(name, metric, mode, runs, best, baseline, rows, figures))
+    write_text_atomically(index, render_html(name, metric, mode, runs, best, baseline, rows, figures))
     client.log_artifacts(parent.info.run_id, str(folder), "report")
     return index
 

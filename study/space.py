@@ -17,6 +17,8 @@ is fixed, and Optuna's TPE sees a conditional space instead of a parameter that 
 """
 from __future__ import annotations
 
+import itertools
+import json
 import math
 from typing import Any
 
@@ -26,18 +28,21 @@ from study.errors import StudyError
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "grid")
 FIELDS = {"choice": "choice", "uniform": "uniform", "loguniform": "loguniform", "int": "integer", "grid": "grid"}
+MAX_INT_VALUES = 64  # an int range this small is checked value by value
+MAX_CORNERS = 256  # combinations of extremes checked together (a cross-key rule fails only in combination)
 BUDGET_KEYS = ("feedback.loops", "feedback.text_epochs", "feedback.image_epochs")
 Scalar = bool | int | float | str | None
+Value = Scalar | list[Scalar]  # a choice may pick a whole list, e.g. adapters.levels: {choice: [[6, 12], [6, 12, 18]]}
 
 
 class Parameter(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    choice: list[Scalar] | None = Field(None, min_length=1)
+    choice: list[Value] | None = Field(None, min_length=1)
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
     integer: tuple[int, int] | None = Field(None, alias="int")  # `int` in YAML; renamed so it cannot shadow int
-    grid: list[Scalar] | None = Field(None, min_length=1)
+    grid: list[Value] | None = Field(None, min_length=1)
     step: float | None = Field(None, gt=0)  # uniform/int: quantisation step
     when: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
     also: list[str] = Field(default_factory=list)
@@ -65,6 +70,10 @@ class Parameter(BaseModel):
 
     def check_range(self, where: str) -> None:
         kind = self.kind
+        if kind == "grid" and any(isinstance(value, list) for value in self.values):
+            raise StudyError(f"{where}: grid values must be single values; search list-valued keys with choice")
+        if kind == "choice" and len({json.dumps(value) for value in self.values}) < len(self.values):
+            raise StudyError(f"{where}: choice lists the same value twice (got {self.values})")
         if kind not in ("uniform", "loguniform", "int"):
             return
         low, high = self.bounds
@@ -82,6 +91,9 @@ class Parameter(BaseModel):
     def suggest(self, trial: Any, name: str) -> Any:
         """Draw from an Optuna trial (define-by-run)."""
         kind = self.kind
+        if kind in ("choice", "grid") and any(isinstance(value, list) for value in self.values):
+            # Optuna's categories are scalars: lists travel as their JSON text and are read back here.
+            return json.loads(trial.suggest_categorical(name, [json.dumps(value) for value in self.values]))
         if kind in ("choice", "grid"):
             return trial.suggest_categorical(name, self.values)
         if kind == "int":
@@ -92,6 +104,15 @@ class Parameter(BaseModel):
         if self.kind in ("choice", "grid"):
             return self.values
         return list(self.bounds)
+
+    def candidates(self) -> list[Any]:
+        """The extremes, and every value of an int range of at most MAX_INT_VALUES values."""
+        if self.kind == "int":
+            low, high = self.bounds
+            values = list(range(int(low), int(high) + 1, int(self.step or 1)))
+            if len(values) <= MAX_INT_VALUES:
+                return values if values[-1] == high else [*values, high]
+        return self.extremes()
 
     def active(self, sampled: dict[str, Any]) -> bool:
         for key, wanted in self.when.items():
@@ -157,13 +178,24 @@ class SearchSpace:
         return points
 
     def extreme_points(self) -> list[dict[str, Any]]:
-        """Points that put each parameter at each of its extremes (others at their first extreme)."""
+        """Points a sampler can reach that a config check must see: each parameter at each of its candidates
+        (others at their first extreme), and every combination of extremes while there are few of them.
+
+        Candidates of an int range are all its values while there are few (a head count of 3 between 1 and 8
+        fails where 1 and 8 pass); a float range contributes its bounds.
+        """
         first = {key: parameter.extremes()[0] for key, parameter in self.parameters.items()}
-        points = [self.expand(first)] if first else []
-        for key, parameter in self.parameters.items():
-            for value in parameter.extremes()[1:]:
-                points.append(self.expand({**first, key: value}))
-        return points
+        if not first:
+            return []
+        points = [first] + [{**first, key: value} for key, parameter in self.parameters.items()
+                            for value in parameter.candidates() if value != first[key]]
+        corners = math.prod(len(parameter.extremes()) for parameter in self.parameters.values())
+        if corners <= MAX_CORNERS:
+            keys = list(self.parameters)
+            points += [dict(zip(keys, values))
+                       for values in itertools.product(*(self.parameters[key].extremes() for key in keys))]
+        unique = {json.dumps(point, sort_keys=True): point for point in points}
+        return [self.expand(point) for point in unique.values()]
 
     def budget_upper_bounds(self) -> dict[str, Any]:
         """The largest budget (loops, epochs) any trial of this space can get."""

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError
 
+from aaclip.architecture import check_config_fits
 from aaclip.config import (
     Strict, TrainConfig, apply_overrides, config_keys, format_validation_error, read_yaml, resolve_config_path,
     resolve_relative_paths, validate_config,
@@ -240,8 +241,8 @@ def check_study(study: Study) -> None:
     study.space.check(source)
     _check_searcher(study)
     _check_device(study)
-    _check_points(study)
     check_objective(spec.objective.metric, study.base_config, source)
+    _check_points(study)
 
 
 def _check_dotted_keys(keys: dict[str, Any], where: str) -> None:
@@ -285,24 +286,28 @@ def _check_device(study: Study) -> None:
 
 
 def _check_points(study: Study) -> None:
-    """Every corner a sampler can reach must validate as a TrainConfig, so no trial fails on its config."""
-    for point in study.space.extreme_points():
-        try:
-            study.trial_config(point)
-        except AaclipError as error:
-            raise StudyError(str(error)) from None
+    """Every point a sampler can reach (and the baseline) must make a trial that can run and report the
+    objective: a valid TrainConfig that fits the backbone (checked from its architecture JSON, not built)."""
+    checks = [(point, f"trial {_describe(point)}") for point in study.space.extreme_points() or [{}]]
     if study.spec.baseline:
+        checks.append((None, "baseline"))
+    for point, where in checks:
         try:
-            study.baseline_config()
+            config = study.baseline_config() if point is None else study.trial_config(point)
+            check_config_fits(config, source=f"{study.source}: {where}")
         except AaclipError as error:
-            raise StudyError(f"baseline: {error}") from None
+            raise StudyError(f"baseline: {error}" if point is None else str(error)) from None
+        check_objective(study.spec.objective.metric, config, f"{study.source}: {where}")
 
 
 def check_objective(metric: str, config: TrainConfig, source: str) -> None:
     known = reported_metrics()
+    parts = metric.split("/")
+    if parts[-1] == "pixel_aupro" and not config.eval.aupro:
+        raise StudyError(f"{source}: objective.metric: {metric} is reported only with eval.aupro: true, but this "
+                         "config has eval.aupro: false")
     if metric in known:
         return
-    parts = metric.split("/")
     if len(parts) == 3 and parts[0] == "val" and f"val/{parts[2]}" in known:
         classes = config.data.val.categories
         if classes is None or parts[1] in classes:

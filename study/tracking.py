@@ -34,7 +34,12 @@ HISTORY_KEYS = ("grad/text_adapter", "grad/text_cross_attn", "grad/image_adapter
 
 
 def tracking_client(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri)
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except MlflowException as error:  # an unsupported scheme, a refused file store: the user's URI
+        reason = str(error).strip().split(". ")[0].split(";")[-1].strip()
+        raise StudyError(f"tracking URI {uri!r}: not usable ({reason}); use http(s)://HOST:PORT of an MLflow "
+                         "server, or leave it unset for the local server") from None
 
 
 def runs_link(uri: str, experiment_id: str) -> str:

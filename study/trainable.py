@@ -19,11 +19,13 @@ from typing import Any, Iterator
 import ray.tune
 
 from aaclip.config import TrainConfig
+from aaclip.notices import recorded
 from study.plots import gradient_flow_plot
 from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline
 from study.spec import Study, planned_epochs
 from study.tracking import TrialRun, log_params, numeric_metrics, tracking_client
 
+MAX_TAG_CHARS = 5000  # keeps a long list of warnings within MLflow's tag limits
 # Variables a trial process needs wherever it runs: tracking credentials, artifact store access, offline hubs.
 FORWARDED_ENV = (
     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
@@ -111,9 +113,11 @@ class EpochReporter:
         self.out_dir = out_dir
         self.history = run.metric_history()  # a restarted trial's gradient plot still covers every epoch
         self.best = run.best_value()
+        self.warned = 0  # notices (aaclip.notices) already written to the run's aaclip.warnings tag
 
     def __call__(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         self.history = [row for row in self.history if row["epoch"] < metrics["epoch"]] + [dict(metrics)]
+        self.record_warnings()
         if self.run.log_epoch(metrics) and self.objective.metric in metrics:
             self.log_evaluation(metrics, checkpoint_dir)
         report = numeric_metrics(metrics)
@@ -137,6 +141,13 @@ class EpochReporter:
             self.best = value
             self.run.log_file(Path(checkpoint_dir) / "adapters.pt", "best_adapters")
             self.run.set_tags({"aaclip.best_value": repr(value), "aaclip.best_epoch": epoch})
+
+    def record_warnings(self) -> None:
+        """What the trial found suspicious (a class without anomalies, NaN metrics), on its run, by name."""
+        notes = recorded()
+        if len(notes) > self.warned:
+            self.run.set_tags({"aaclip.warnings": "\n".join(notes)[:MAX_TAG_CHARS]})
+            self.warned = len(notes)
 
     def improves(self, value: float) -> bool:
         return value > self.best if self.objective.mode == "max" else value < self.best

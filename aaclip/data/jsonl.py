@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from aaclip.data.records import Record, make_record
 from aaclip.errors import DataError
+from aaclip.outputs import write_text_atomically
 
 ROW_HINT = "each line must be a JSON object with image_path, label (0 or 1), class_name, and mask_path if anomalous"
 
@@ -74,13 +74,7 @@ def write_jsonl(root: Path, records: Iterable[Record], out: Path) -> Path:
     <root>/test.jsonl, for `kind: jsonl` to read it back). Written atomically."""
     root = Path(root).resolve()
     lines = [json.dumps(_row(root, record)) + "\n" for record in records]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(descriptor, "w") as handle:
-        handle.writelines(lines)
-    os.replace(temporary, out)
-    return out
+    return write_text_atomically(Path(out), "".join(lines))
 
 
 def _row(root: Path, record: Record) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aaclip.data.records import Record, list_images, make_record, subfolders
 from aaclip.errors import DataError
+from aaclip.notices import notice
 
 SPLITS = ("train", "test")
 NORMAL_FOLDER = "good"
@@ -23,11 +24,15 @@ def read_mvtec(root: Path, split: str) -> list[Record]:
     records: list[Record] = []
     for class_folder in subfolders(root):
         split_folder = class_folder / split
+        if not any(class_folder.iterdir()):
+            notice(f"{class_folder}: empty category folder, skipped")
         if not split_folder.is_dir():
             continue  # licence files, split_csv and the like
-        for defect_folder in subfolders(split_folder):
-            for image in list_images(defect_folder):
-                records.append(_record(root, class_folder.name, split, defect_folder.name, image.name))
+        found = [_record(root, class_folder.name, split, defect_folder.name, image.name)
+                 for defect_folder in subfolders(split_folder) for image in list_images(defect_folder)]
+        if not found:
+            notice(f"{split_folder}: no images in this category's {split} split, skipped")
+        records.extend(found)
     return records
 
 

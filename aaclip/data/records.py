@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from aaclip.config import DatasetSpec
+from aaclip.data.decode import header_size
 from aaclip.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -164,26 +164,16 @@ def sample_shots(records: list[Record], shots: int, seed: int) -> list[Record]:
 
 
 def check_record(record: Record) -> None:
-    image_size = _header_size(record.image_path, "image")
+    image_size = header_size(record.image_path, "image")
     if record.mask_path is None:
         if record.label == 1:
             raise DataError(f"{record.image_path}: anomalous image has no mask; add its mask to the dataset")
         return
     if not record.mask_path.is_file():
         raise DataError(f"{record.mask_path}: mask not found for {record.image_path}; add the mask file")
-    mask_size = _header_size(record.mask_path, "mask")
+    mask_size = header_size(record.mask_path, "mask")
     if mask_size != image_size:
         raise DataError(
             f"{record.mask_path}: mask is {mask_size[0]}x{mask_size[1]} but its image {record.image_path} is "
             f"{image_size[0]}x{image_size[1]}; masks must match their image's size"
         )
-
-
-def _header_size(path: Path, what: str) -> tuple[int, int]:
-    if not path.is_file():
-        raise DataError(f"{path}: {what} file not found; check the dataset root and metadata")
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"{path}: cannot read {what} ({error.__class__.__name__}); replace or remove it") from None

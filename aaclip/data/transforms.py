@@ -24,8 +24,8 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from aaclip.data.decode import decode, to_rgb
 from aaclip.data.records import stable_seed
-from aaclip.errors import DataError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -43,13 +43,13 @@ FLIP_PROBABILITY = 0.5
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """The fully decoded RGB image; a missing, truncated or garbage file is a DataError naming it."""
-    return _decode(path, "image").convert("RGB")
+    """The fully decoded RGB image (16-bit scaled to 8); a missing, truncated or garbage file is a DataError."""
+    return to_rgb(decode(path, "image"))
 
 
 def open_mask(path: Path) -> Image.Image:
     """A 0/255 mask: nonzero pixels are anomalous. Palette masks keep their indices (0 = background)."""
-    image = _decode(path, "mask")
+    image = decode(path, "mask")
     if image.mode == "P":
         bits = np.asarray(image) != 0
     elif len(image.getbands()) > 1:
@@ -57,17 +57,6 @@ def open_mask(path: Path) -> Image.Image:
     else:
         bits = np.asarray(image) != 0
     return Image.fromarray(bits.astype(np.uint8) * 255)
-
-
-def _decode(path: Path, what: str) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now: a truncated file fails here, not somewhere inside the model
-            return image.copy()
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} file not found; check the dataset root and metadata") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"{path}: cannot decode {what} ({error}); replace or remove the file") from None
 
 
 def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
