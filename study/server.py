@@ -7,6 +7,7 @@ otherwise. A lock file keeps two commands started together from starting two ser
 """
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -24,6 +25,7 @@ from typing import Iterator
 
 from aaclip.home import aaclip_home
 from study.errors import StudyError
+from study.mlflow_env import client_settings
 
 HOST = "127.0.0.1"
 PREFERRED_PORT = 5000
@@ -52,9 +54,11 @@ def resolve_tracking_uri(explicit: str | None = None, spec_uri: str | None = Non
     """--tracking-uri, else the spec's tracking.uri, else $MLFLOW_TRACKING_URI, else the embedded server."""
     for uri in (explicit, spec_uri, os.environ.get("MLFLOW_TRACKING_URI")):
         if uri:
-            if uri.startswith(("http://", "https://")) and not is_healthy(uri, timeout_s=10.0):
-                raise StudyError(f"tracking server {uri} does not answer {uri.rstrip('/')}/health; start it, "
-                                 "or leave --tracking-uri and MLFLOW_TRACKING_URI unset for the local server")
+            if uri.startswith(("http://", "https://")):
+                if not is_healthy(uri, timeout_s=10.0):
+                    raise StudyError(f"tracking server {uri} does not answer {uri.rstrip('/')}/health; start it, "
+                                     "or leave --tracking-uri and MLFLOW_TRACKING_URI unset for the local server")
+                require_api(uri)
             return uri
     info = running_server()
     if info is None:
@@ -113,6 +117,43 @@ def is_healthy(uri: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
+API_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+
+
+def require_api(uri: str, timeout_s: float = 10.0) -> None:
+    """One tracking API request, once, with a bounded wait: /health alone passes a server whose store is broken.
+
+    Sends the credentials a trial would (MLFLOW_TRACKING_USERNAME/PASSWORD or _TOKEN); a 404 (no Default
+    experiment) is a healthy answer.
+    """
+    request = urllib.request.Request(f"{uri.rstrip('/')}{API_PROBE}", headers=_auth_headers())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return
+        if error.code in (401, 403):
+            raise StudyError(f"tracking server {uri} refused the credentials (HTTP {error.code}); check "
+                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+        raise StudyError(f"tracking server {uri} answers /health but its API fails (HTTP {error.code}); "
+                         "check the server's log") from None
+    except (OSError, ValueError) as error:  # refused, reset, timed out
+        reason = getattr(error, "reason", error)
+        raise StudyError(f"tracking server {uri} answers /health but its API does not answer within "
+                         f"{timeout_s:.0f} s ({reason}); check the server") from None
+
+
+def _auth_headers() -> dict[str, str]:
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {}
+
+
 def _spawn(folder: Path, port: int) -> subprocess.Popen:
     command = [
         sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port), "--workers", "1",
@@ -120,7 +161,7 @@ def _spawn(folder: Path, port: int) -> subprocess.Popen:
         "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
     ]
     # No job runner process: faster start, nothing left behind (DESIGN §8).
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, **client_settings(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = open(folder / "server.log", "ab")  # noqa: SIM115 - handed to the detached child
     try:
         return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

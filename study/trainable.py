@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import ray.tune
 
 from aaclip.config import TrainConfig
+from study.mlflow_env import CLIENT_SETTINGS
 from study.plots import gradient_flow_plot
 from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline
 from study.spec import Study, planned_epochs
@@ -28,7 +29,7 @@ from study.tracking import TrialRun, numeric_metrics, tracking_client
 FORWARDED_ENV = (
     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
     "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE", "HF_HOME",
+    "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE", "HF_HOME", *CLIENT_SETTINGS,
 )
 
 
