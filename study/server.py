@@ -71,15 +71,24 @@ def resolve_tracking_uri(explicit: str | None = None, spec_uri: str | None = Non
 
 
 def ensure_server(home: Path | None = None, timeout_s: float = START_TIMEOUT_S,
-                  preferred_port: int | None = PREFERRED_PORT) -> ServerInfo:
-    """The embedded server: reused when alive, started otherwise (preferred_port None: any free port)."""
+                  preferred_port: int | None = PREFERRED_PORT, port: int | None = None) -> ServerInfo:
+    """The embedded server: reused when alive, started otherwise.
+
+    It comes back on the port it had (kept in server.json after a stop), so printed links and running trials
+    keep working; `port` asks for one port (refused if taken); preferred_port None: any free port.
+    """
     folder = server_dir(home)
     with _locked(folder / "server.lock"):
         info = running_server(home)
         if info is not None:
+            if port and info.port != port:
+                raise StudyError(f"the local MLflow server already runs at {info.uri} (pid {info.pid}); stop it "
+                                 f"first (`aaclip-study server --stop`) to move it to port {port}")
             return info
+        if port and not _port_free(port):
+            raise StudyError(f"--port: port {port} on {HOST} is in use; choose another")
         previous = _read_state(folder)
-        port = _pick_port(previous.port if previous else None, preferred_port)
+        port = port or _pick_port(previous.port if previous else None, preferred_port)
         process = _spawn(folder, port)
         info = ServerInfo(pid=process.pid, port=port)
         _wait_healthy(info, process, folder / "server.log", timeout_s)
@@ -94,19 +103,41 @@ def running_server(home: Path | None = None) -> ServerInfo | None:
     return None
 
 
+def current_uri(home: Path, default: str | None) -> str | None:
+    """Where this home's embedded server was last started (its record), else default."""
+    info = _read_state(Path(home) / "mlflow")
+    return info.uri if info else default
+
+
 def stop_server(home: Path | None = None) -> bool:
-    """Stop the embedded server of this home (tests, `aaclip-study server stop`); True if one was running."""
+    """Stop the embedded server of this home (tests, `aaclip-study server --stop`); True if one was running.
+
+    Only a process verified to be this home's server is signalled (a recorded pid may have been reused).
+    The record stays: the next start takes the same port.
+    """
     folder = server_dir(home)
     info = _read_state(folder)
     if info is None or not _alive(info.pid):
         return False
+    if not _is_our_server(info.pid, folder):
+        raise StudyError(f"{folder / 'server.json'}: pid {info.pid} is not this home's MLflow server any more; "
+                         "nothing was signalled")
     os.killpg(info.pid, signal.SIGTERM)  # the server runs in its own session: its workers go with it
     for _ in range(100):
         if not _alive(info.pid):
             break
         time.sleep(0.1)
-    (folder / "server.json").unlink(missing_ok=True)
     return True
+
+
+def _is_our_server(pid: int, folder: Path) -> bool:
+    """The process runs `mlflow server` on this folder's store (its command line says so)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    words = [word.decode(errors="replace") for word in command]
+    return "mlflow" in words and "server" in words and f"sqlite:///{folder / 'mlflow.db'}" in words
 
 
 def is_healthy(uri: str, timeout_s: float = 2.0) -> bool:
@@ -196,7 +227,10 @@ def _pick_port(previous: int | None, preferred: int | None) -> int:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens there. SO_REUSEADDR as the server's own socket has: a port whose last connections are
+    in TIME_WAIT (a server just stopped) is free for it, and must read as free here."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((HOST, port))
         except OSError:

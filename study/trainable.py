@@ -23,7 +23,9 @@ from study.mlflow_env import CLIENT_SETTINGS
 from study.plots import gradient_flow_plot
 from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline
 from study.spec import Study, planned_epochs
-from study.tracking import TrialRun, numeric_metrics, tracking_client
+from study.callbacks import remove_scratch
+from study.spool import spool_root
+from study.tracking import Connector, TrialRun, numeric_metrics
 
 # Variables a trial process needs wherever it runs: tracking credentials, artifact store access, offline hubs.
 FORWARDED_ENV = (
@@ -43,12 +45,14 @@ class TrialContext:
     parent_run_id: str
     aaclip_home: str
     env: dict[str, str] = field(default_factory=dict)
+    connect: Connector | None = None
 
     @classmethod
     def from_driver(cls, study: Study, tracking_uri: str, experiment_id: str, parent_run_id: str,
                     aaclip_home: Path) -> TrialContext:
         env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-        return cls(study, tracking_uri, experiment_id, parent_run_id, str(aaclip_home), env)
+        return cls(study, tracking_uri, experiment_id, parent_run_id, str(aaclip_home), env,
+                   Connector.for_uri(tracking_uri, aaclip_home))
 
     def apply_environment(self) -> None:
         os.environ.update(self.env)
@@ -69,16 +73,20 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     context.apply_environment()
     train_config = trial_config(context.study, config)
     tune_context = ray.tune.get_context()
-    run = TrialRun.open(tracking_client(context.tracking_uri), experiment_id=context.experiment_id,
+    trial_id = tune_context.get_trial_id()
+    tracker = context.connect.tracker(spool_root(Path(context.aaclip_home), context.study.name) / trial_id)
+    run = TrialRun.open(tracker, experiment_id=context.experiment_id,
                         parent_run_id=context.parent_run_id, study=context.study.name,
-                        trial_id=tune_context.get_trial_id(), trial_name=tune_context.get_trial_name(),
+                        trial_id=trial_id, trial_name=tune_context.get_trial_name(),
                         config=train_config, baseline=is_baseline(config))
     if OPTUNA_KEY in config:
         run.set_tags({"aaclip.optuna_trial": config[OPTUNA_KEY]})
     # Under AACLIP_HOME, not /tmp: a worker killed mid-trial leaves its scratch where the project's state lives.
+    # Ray runs one attempt of a trial at a time: folders of this trial's earlier attempts are dead ones'.
+    remove_scratch(Path(context.aaclip_home), trial_id)
     scratch = Path(context.aaclip_home) / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
-    out_dir = Path(tempfile.mkdtemp(prefix=f"trial-{tune_context.get_trial_id()}-", dir=scratch))
+    out_dir = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-", dir=scratch))
     reporter = EpochReporter(context.study, run, out_dir, planned_epochs(train_config))
     try:
         with restored_checkpoint() as resume:
@@ -112,12 +120,16 @@ class EpochReporter:
 
     def __call__(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         self.history = [row for row in self.history if row["epoch"] < metrics["epoch"]] + [dict(metrics)]
-        if self.run.log_epoch(metrics) and self.objective.metric in metrics:
-            self.log_evaluation(metrics, checkpoint_dir)
+        completed = int(metrics["epoch"]) >= self.planned
+        if self.run.log_epoch(metrics):
+            if self.objective.metric in metrics:
+                self.log_evaluation(metrics, checkpoint_dir)
+            if completed:
+                self.run.set_tags({"aaclip.outcome": "completed"})
+            self.run.mark_epoch(int(metrics["epoch"]))  # last: a restart redoes whatever came before it
         report = numeric_metrics(metrics)
-        if int(metrics["epoch"]) >= self.planned:
+        if completed:
             report[COMPLETED_KEY] = 1.0
-            self.run.set_tags({"aaclip.outcome": "completed"})
         ray.tune.report(report, checkpoint=ray.tune.Checkpoint.from_directory(checkpoint_dir))
 
     def log_evaluation(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
