@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from aaclip.config import flatten, load_config
 from study.report import write_report
-from study.status import study_status
-from study.tracking import find_parent_run, trial_runs
+from study.status import study_state, study_status
+from study.tracking import HEARTBEAT_STALE_S, find_parent_run, trial_runs
 
 NAME = "lifecycle"
 
@@ -52,9 +52,15 @@ def test_killed_driver_resumes_and_everything_is_tracked_once(ray_cluster, mlflo
         driver.kill()
         driver.wait(timeout=30)
 
+    # A driver killed without a word: its parent run still says RUNNING, but its heartbeat goes stale.
+    killed = find_parent_run(client, NAME)
+    assert killed.info.status == "RUNNING" and study_state(killed) == "running"
+    assert study_state(killed, now=time.time() + HEARTBEAT_STALE_S + 30) == "interrupted"
+
     resumed = cli.run("resume", NAME, "--address", address, "--tracking-uri", mlflow_uri)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "finished" in resumed.stdout
+    assert "ASHA: 0 rung" not in resumed.stdout and "rung result(s)" in resumed.stdout  # rungs rebuilt
 
     parent = find_parent_run(client, NAME)
     assert parent.info.status == "FINISHED"
@@ -68,7 +74,11 @@ def test_killed_driver_resumes_and_everything_is_tracked_once(ray_cluster, mlflo
 
     status = study_status(client, NAME)
     assert len(status.trials) == 6 and {row.state for row in status.trials} <= {"completed", "pruned"}
-    assert any("ASHA" in row.reason for row in status.trials if row.state == "pruned")
+    assert all("ASHA" in row.reason for row in status.trials if row.state == "pruned")
+    assert all(not row.reason for row in status.trials if row.state == "completed"), "outcome and reason agree"
+    # ASHA's decisions survive the resume: with the baseline on the loop-1 rung, every searched trial but one
+    # that reached the rung before it is pruned, as in an uninterrupted study (empty rungs let them complete).
+    assert sum(row.state == "completed" and not row.baseline for row in status.trials) <= 1
 
     index = write_report(client, NAME, tmp_path / "report")
     assert (tmp_path / "report" / "optimization_history.png").is_file() and index.is_file()
@@ -114,7 +124,7 @@ def check_searcher_heard_of_pruning(client: MlflowClient, parent, runs: list) ->
         trial = trials[int(run.data.tags["aaclip.optuna_trial"])]
         if run.data.tags["aaclip.outcome"] == "pruned":
             assert trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values
-        else:  # completed; or re-run to completion by `resume` after Optuna heard it was pruned
-            assert trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        else:  # a trial recorded as pruned before the kill is never re-run to completion by `resume`
+            assert trial.state == optuna.trial.TrialState.COMPLETE, run.info.run_name
     assert any(run.data.tags["aaclip.outcome"] == "pruned" for run in searched)
     assert sum(trial.state == optuna.trial.TrialState.PRUNED for trial in trials.values()) >= 1
