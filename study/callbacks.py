@@ -9,7 +9,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from ray.tune import Callback
 
@@ -117,8 +117,10 @@ class Heartbeat(Callback):
 class Progress(Callback):
     """One line when a trial ends, and at most every `every_s` seconds while trials run."""
 
-    def __init__(self, study_name: str, metric: str, mode: str, every_s: float = 30.0, echo=print):
+    def __init__(self, study_name: str, metric: str, mode: str, every_s: float = 30.0, echo=print,
+                 interrupted: list[str] | None = None):
         self.study_name, self.metric, self.mode = study_name, metric, mode
+        self.interrupted = interrupted if interrupted is not None else []  # OutcomeRecorder's list, shared
         self.every_s = every_s
         self.echo = echo
         self.last_line, self.last_time = "", 0.0
@@ -144,20 +146,24 @@ class Progress(Callback):
         self.show(trials)  # on_trial_complete runs before Tune marks the trial TERMINATED: recount at the end
 
     def show(self, trials: list, force: bool = False) -> None:
-        line = progress_line(self.study_name, trials, self.metric, self.mode, self.scores)
+        line = progress_line(self.study_name, trials, self.metric, self.mode, self.scores, self.interrupted)
         if force or line != self.last_line:
             self.echo(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
         self.last_line, self.last_time = line, time.monotonic()
 
 
-def progress_line(study_name: str, trials: list, metric: str, mode: str, scores: dict[str, float]) -> str:
-    done = [t for t in trials if t.status == "TERMINATED"]
+def progress_line(study_name: str, trials: list, metric: str, mode: str, scores: dict[str, float],
+                  interrupted: Collection[str] = ()) -> str:
+    # Tune marks the trials it stops at a Ctrl-C TERMINATED too: they are neither done nor pruned.
+    done = [t for t in trials if t.status == "TERMINATED" and t.trial_id not in interrupted]
     completed = [t for t in done if (t.last_result or {}).get(COMPLETED_KEY)]
     running = sum(t.status == "RUNNING" for t in trials)
     pending = sum(t.status in ("PENDING", "PAUSED") for t in trials)
     failed = sum(t.status == "ERROR" for t in trials)
     line = (f"{study_name}: {len(completed)} done, {len(done) - len(completed)} pruned/stopped, {failed} failed, "
             f"{running} running, {pending} pending")
+    if interrupted:
+        line += f", {len(interrupted)} interrupted"
     scored = [trial for trial in trials if trial.trial_id in scores]
     if scored:
         sign = 1 if mode == "max" else -1

@@ -33,7 +33,7 @@ from study.tracking import (
     DRIVER_STATE, create_parent_run, ensure_experiment, find_parent_run, recorded_outcomes, require_parent_run,
     runs_link, tracking_client,
 )
-from study.trainable import FORWARDED_ENV, TrialContext, run_trial
+from study.trainable import FORWARDED_ENV, TRACKING_SECRETS, TrialContext, run_trial
 
 Echo = Callable[..., None]
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say what matters
@@ -93,7 +93,7 @@ def connect_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+    env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ and name not in TRACKING_SECRETS}
     options: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
                                "logging_level": "WARNING"}
     if not address:
@@ -224,7 +224,7 @@ def driver_callbacks(study: Study, context: TrialContext, guard: GradientGuard) 
     recorder = OutcomeRecorder(study.name, context.experiment_id, guard, spec.scheduler.time_attr,
                                context.connect, Path(context.aaclip_home))
     return [recorder, Heartbeat(recorder.tracker, context.parent_run_id),
-            Progress(study.name, spec.objective.metric, spec.objective.mode)]
+            Progress(study.name, spec.objective.metric, spec.objective.mode, interrupted=recorder.interrupted)]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -33,6 +33,10 @@ FORWARDED_ENV = (
     "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE", "HF_HOME", *CLIENT_SETTINGS,
 )
+# Tracking secrets reach a trial only inside its TrialContext (Ray's object store). Ray's runtime_env agent
+# logs a job's env_vars in plain text (runtime_env_agent.log), so these never go there; the artifact store's
+# keys must, since Ray's storage sync in the worker needs them before any trial code runs.
+TRACKING_SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 @dataclass

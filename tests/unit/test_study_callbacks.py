@@ -47,3 +47,9 @@ def test_tracking_credentials_travel_with_the_trial_context(monkeypatch, tmp_pat
     context.apply_environment()
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "ada" and os.environ["MLFLOW_TRACKING_URI"] == "http://tracking:5000"
     assert os.environ["AACLIP_HOME"] == str(tmp_path)
+
+
+def test_progress_line_after_ctrl_c_counts_stopped_trials_as_interrupted():
+    trials = [trial("a", "TERMINATED", **{"trial/completed": 1.0}), trial("b", "TERMINATED"), trial("c", "TERMINATED")]
+    line = progress_line("s", trials, "val/pixel_auroc", "max", {}, interrupted=["b", "c"])
+    assert "1 done, 0 pruned/stopped" in line and "2 interrupted" in line
