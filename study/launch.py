@@ -307,7 +307,7 @@ def _execute(tuner: tune.Tuner, study: Study, context: TrialContext, experiment_
         with interruption:
             results = tuner.fit()
     except BaseException:
-        _close_parent(tracker, context, "KILLED", "crashed")
+        _close_parent(tracker, context, "KILLED", "crashed", wait_s=30.0)  # a crash should not hang as well
         raise
     if interruption.signal or recorder.interrupted:
         _close_parent(tracker, context, "KILLED", "interrupted")
@@ -325,11 +325,12 @@ def _execute(tuner: tune.Tuner, study: Study, context: TrialContext, experiment_
                     experiment_path, len(results), len(results.errors))
 
 
-def _close_parent(tracker, context: TrialContext, status: str, driver_state: str) -> None:
+def _close_parent(tracker, context: TrialContext, status: str, driver_state: str,
+                  wait_s: float | None = None) -> None:
     """The parent run's end, through the driver's spool (the server may be away right now)."""
     tracker.write(batch_op(context.parent_run_id, tags={DRIVER_STATE: driver_state}))
     tracker.write({"op": "terminate", "run_id": context.parent_run_id, "status": status})
-    tracker.drain()
+    tracker.drain(wait_s)
 
 
 def study_from_parent(client, parent) -> Study:
