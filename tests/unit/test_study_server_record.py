@@ -32,3 +32,15 @@ def test_a_taken_port_is_refused_in_one_line(tmp_path):
         with pytest.raises(StudyError, match=f"--port: port {port} .* is in use"):
             ensure_server(tmp_path, port=port)
     assert not (server_dir(tmp_path) / "server.json").exists(), "nothing started, nothing recorded"
+
+
+def test_trials_find_the_embedded_server_again_when_it_moves(tmp_path):
+    from study.tracking import Connector
+
+    record = server_dir(tmp_path) / "server.json"
+    record.write_text(json.dumps({"pid": 1, "port": 5001}))
+    connect = Connector.for_uri("http://127.0.0.1:5001", tmp_path)
+    record.write_text(json.dumps({"pid": 2, "port": 5002}))  # restarted elsewhere
+    assert connect().tracking_uri == "http://127.0.0.1:5002"
+    elsewhere = Connector.for_uri("http://tracking.example:5000", tmp_path)  # not the embedded server
+    assert elsewhere().tracking_uri == "http://tracking.example:5000"
