@@ -113,7 +113,7 @@ def report(name: str = typer.Argument(...),
 @app.command()
 def server(stop: bool = typer.Option(False, "--stop", help="Stop the local server instead."),
            port: Optional[int] = typer.Option(None, "--port", min=1, max=65535,
-                                              help="Listen here (default: the port it had before, else 5000).")) -> None:
+                                              help="Listen here (default: its previous port, else 5000).")) -> None:
     """Start (or find) the local embedded MLflow server and print its address."""
     from study.server import ensure_server, stop_server
 

@@ -25,6 +25,7 @@ from study.callbacks import Heartbeat, OutcomeRecorder, Progress
 from study.errors import StudyError
 from study.guard import GradientGuard
 from study.interrupt import Interruption, StudyInterrupted
+from study.locks import file_lock
 from study.searcher import INDEX_KEY, BaselineFirst, StudyOptunaSearch, is_baseline
 from study.server import resolve_tracking_uri
 from study.spec import Study, parse_study
@@ -80,8 +81,13 @@ def without_password(url: str) -> str:
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    if not url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(url)
+    # Two studies started at once on one home would both create a new database's tables (and one fails).
+    from sqlalchemy.engine import make_url
+
+    with file_lock(Path(make_url(url).database).with_suffix(".lock")):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 # ---------------------------------------------------------------------------------------------------------------

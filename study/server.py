@@ -8,7 +8,6 @@ otherwise. A lock file keeps two commands started together from starting two ser
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 import signal
@@ -18,13 +17,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 from aaclip.home import aaclip_home
 from study.errors import StudyError
+from study.locks import file_lock
 from study.mlflow_env import client_settings
 
 HOST = "127.0.0.1"
@@ -78,7 +76,7 @@ def ensure_server(home: Path | None = None, timeout_s: float = START_TIMEOUT_S,
     keep working; `port` asks for one port (refused if taken); preferred_port None: any free port.
     """
     folder = server_dir(home)
-    with _locked(folder / "server.lock"):
+    with file_lock(folder / "server.lock"):
         info = running_server(home)
         if info is not None:
             if port and info.port != port:
@@ -258,13 +256,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -12,19 +12,19 @@ be replayed by its restarted attempt, by the driver, or by `aaclip-study resume`
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 import requests
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from study.locks import file_lock
 
 T = TypeVar("T")
 WAIT_VARIABLE = "AACLIP_TRACKING_WAIT_S"  # how long a trial waits for the server where it must (open, end)
@@ -87,7 +87,7 @@ class Spool:
         return self.ops_file.is_file() and self.ops_file.stat().st_size > 0
 
     def add(self, op: dict[str, Any]) -> None:
-        with self._locked():
+        with file_lock(self.folder / "lock"):
             if op["op"] == "log_artifact":  # the original may be gone (a scratch folder) by the replay
                 copy = self.folder / "files" / f"{time.time_ns()}" / Path(op["file"]).name
                 copy.parent.mkdir(parents=True)
@@ -98,7 +98,7 @@ class Spool:
 
     def replay(self, client: MlflowClient) -> None:
         """Send every spooled operation in order; on a failure keep it and the rest, and raise."""
-        with self._locked():
+        with file_lock(self.folder / "lock"):
             if not self.ops_file.is_file():
                 return
             ops = [json.loads(line) for line in self.ops_file.read_text().splitlines() if line.strip()]
@@ -115,16 +115,6 @@ class Spool:
         partial = self.ops_file.with_suffix(".tmp")
         partial.write_text("".join(json.dumps(op) + "\n" for op in ops))
         partial.replace(self.ops_file)
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / "lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def spool_root(home: Path, study: str) -> Path:

@@ -19,11 +19,11 @@ from typing import Any, Iterator
 import ray.tune
 
 from aaclip.config import TrainConfig
+from study.callbacks import remove_scratch
 from study.mlflow_env import CLIENT_SETTINGS
 from study.plots import gradient_flow_plot
 from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline
 from study.spec import Study, planned_epochs
-from study.callbacks import remove_scratch
 from study.spool import spool_root
 from study.tracking import Connector, TrialRun, numeric_metrics
 
