@@ -101,7 +101,7 @@ class Spool:
         with file_lock(self.folder / "lock"):
             if not self.ops_file.is_file():
                 return
-            ops = [json.loads(line) for line in self.ops_file.read_text().splitlines() if line.strip()]
+            ops = self._read()
             for index, op in enumerate(ops):
                 try:
                     apply(client, op)
@@ -110,6 +110,15 @@ class Spool:
                     raise
             self.ops_file.unlink()
             shutil.rmtree(self.folder / "files", ignore_errors=True)
+
+    def _read(self) -> list[dict[str, Any]]:
+        ops = []
+        for line in self.ops_file.read_text().splitlines():
+            try:
+                ops.append(json.loads(line))
+            except ValueError:  # the last line of a writer killed mid-write: never sent, nothing to replay
+                continue
+        return ops
 
     def _rewrite(self, ops: list[dict[str, Any]]) -> None:
         partial = self.ops_file.with_suffix(".tmp")

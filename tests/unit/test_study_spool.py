@@ -34,13 +34,16 @@ class Switchable:
         return MlflowClient(tracking_uri=self.uri)
 
 
-@pytest.fixture()
-def store(tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast: the retries are the Tracker's
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment("spool", artifact_location=str(tmp_path / "artifacts"))
-    return uri, client, experiment
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One real SQLite store for the module (creating one costs seconds); every test uses runs of its own."""
+    folder = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast: the retries are the Tracker's
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.create_experiment("spool", artifact_location=str(folder / "artifacts"))
+        yield uri, client, experiment
 
 
 def test_writes_spool_while_away_and_replay_in_order_once(store, tmp_path):
@@ -101,3 +104,14 @@ def test_reopened_run_logs_missing_params_and_redoes_an_unmarked_epoch(store, tm
     run.mark_epoch(1)
     assert not run.log_epoch({"epoch": 1.0})
     assert client.get_run(run_id).data.tags["aaclip.last_epoch"] == "1"
+
+
+def test_a_line_torn_by_a_killed_writer_is_skipped(store, tmp_path):
+    uri, client, experiment = store
+    run_id = client.create_run(experiment).info.run_id
+    spool = Spool(tmp_path / "spool")
+    spool.add(batch_op(run_id, tags={"kept": "yes"}))
+    with open(spool.ops_file, "a") as handle:
+        handle.write('{"op": "log_batch", "run_id": "')  # SIGKILL in the middle of a write
+    spool.replay(client)
+    assert client.get_run(run_id).data.tags["kept"] == "yes" and not spool.pending()
