@@ -6,8 +6,10 @@ restarted trial, `status` or `export` days later) reaches the same runs:
     parent: aaclip.role=study, aaclip.study=<name>
     child:  aaclip.role=trial, aaclip.study=<name>, aaclip.trial_id=<Ray trial id>, mlflow.parentRunId=<parent>
 
-A restarted trial reopens its run and skips the epochs that run already holds (tag aaclip.last_epoch), so a
-resumed trial continues its curves without duplicated points.
+A restarted trial reopens its run and skips the epochs that run already holds (tag aaclip.last_epoch, moved
+only once an epoch's metrics, artifacts and best tags are all written), so a resumed trial continues its curves
+without duplicated points and completes whatever its previous attempt left unlogged. Writes from trials and the
+driver go through study/spool.py: retried, and spooled to disk while the server is away.
 """
 from __future__ import annotations
 
