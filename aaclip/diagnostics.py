@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
 
 from aaclip.config import TrainConfig, apply_overrides, validate_config
 from aaclip.schedule import IMAGE, StagePlan

@@ -9,3 +9,7 @@
     launch.py     run and resume (Ray, tracking server, Tuner); server.py: the embedded MLflow server
     status.py, export.py, report.py, plots.py, cli.py (`aaclip-study`)
 """
+
+from study.mlflow_env import apply_client_settings
+
+apply_client_settings()  # before anything imports mlflow (see mlflow_env.py)

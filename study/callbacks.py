@@ -6,15 +6,17 @@ driver does, with the reason (tag aaclip.stop_reason) that `status` shows.
 from __future__ import annotations
 
 import math
-import os
+import shutil
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Collection
 
 from ray.tune import Callback
 
 from study.guard import GradientGuard
 from study.searcher import COMPLETED_KEY
-from study.tracking import mark_trial_outcome, tracking_client
+from study.spool import Spool, Tracker, batch_op, is_transient, spool_root
+from study.tracking import HEARTBEAT, HEARTBEAT_EVERY_S, Connector
 
 
 def trial_outcome(trial: Any, guard: GradientGuard | None, time_attr: str) -> tuple[str, str]:
@@ -30,32 +32,95 @@ def trial_outcome(trial: Any, guard: GradientGuard | None, time_attr: str) -> tu
 
 
 class OutcomeRecorder(Callback):
-    """Closes each trial's MLflow run with its outcome (the server is $MLFLOW_TRACKING_URI of the driver)."""
+    """Closes each trial's MLflow run with its outcome, after replaying what its worker left spooled.
 
-    def __init__(self, study_name: str, experiment_id: str, guard: GradientGuard | None, time_attr: str):
+    Through a Tracker: with the server away, the outcome waits in the driver's spool instead of crashing the
+    driver. At the experiment's end, trials still unfinished (Ctrl-C, SIGTERM) are recorded as interrupted.
+    """
+
+    def __init__(self, study_name: str, experiment_id: str, guard: GradientGuard | None, time_attr: str,
+                 connect: Connector, home: Path):
         self.study_name = study_name
         self.experiment_id = experiment_id
         self.guard = guard
         self.time_attr = time_attr
+        self.home = Path(home)
+        self.tracker = driver_tracker(connect, self.home, study_name)
+        self.interrupted: list[str] = []  # trial ids left unfinished when the experiment ended
+        self.started: set[str] = set()  # trials that ran in this driver's session...
+        self.ended: set[str] = set()  # ...and those whose end it saw
 
     def _record(self, trial: Any, outcome: str, reason: str) -> None:
-        client = tracking_client(os.environ["MLFLOW_TRACKING_URI"])
-        mark_trial_outcome(client, self.experiment_id, self.study_name, trial.trial_id, outcome=outcome,
-                           reason=reason)
+        worker_spool = Spool(spool_root(self.home, self.study_name) / trial.trial_id)
+        if worker_spool.pending():
+            try:
+                worker_spool.replay(self.tracker.client)
+            except Exception as error:  # noqa: BLE001 - kept on disk: resume or the end of the study replays it
+                if not is_transient(error):
+                    raise
+        self.tracker.write({"op": "outcome", "experiment_id": self.experiment_id, "study": self.study_name,
+                            "trial_id": trial.trial_id, "outcome": outcome, "reason": reason})
+        remove_scratch(self.home, trial.trial_id)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        self.started.add(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        self.ended.add(trial.trial_id)
         self._record(trial, *trial_outcome(trial, self.guard, self.time_attr))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        self.ended.add(trial.trial_id)
         error = str(trial.get_error() or "").strip().splitlines() or ["the trial raised an error"]
         self._record(trial, "failed", error[-1][:1000])
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        """Trials the experiment ended without (Ctrl-C, SIGTERM): recorded as interrupted."""
+        for trial in trials:
+            if trial.trial_id in self.ended:
+                continue
+            if trial.trial_id in self.started or trial.status not in ("TERMINATED", "ERROR"):
+                self.interrupted.append(trial.trial_id)
+                self._record(trial, "interrupted", "the driver stopped; `aaclip-study resume` continues it")
+
+
+def driver_tracker(connect: Connector, home: Path, study_name: str) -> Tracker:
+    """The driver's writes: outcomes, heartbeat, the parent run's status; spooled under spool/<study>/driver."""
+    return connect.tracker(spool_root(home, study_name) / "driver")
+
+
+def remove_scratch(home: Path, trial_id: str) -> None:
+    """A trial's scratch folders (its attempts' out_dir); a killed worker cannot remove its own."""
+    for folder in (Path(home) / "scratch").glob(f"trial-{trial_id}-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class Heartbeat(Callback):
+    """The driver's pulse on the parent run (tag aaclip.heartbeat, unix seconds): `status` tells a driver that
+    died without a word (SIGKILL, a lost machine) from one that runs, whatever the parent run's status says."""
+
+    def __init__(self, tracker: Tracker, parent_run_id: str, every_s: float = HEARTBEAT_EVERY_S):
+        self.tracker = tracker  # the driver's (shared with OutcomeRecorder: one spool, one order)
+        self.parent_run_id = parent_run_id
+        self.every_s = every_s
+        self.last = 0.0
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if time.monotonic() - self.last >= self.every_s:
+            self.beat()
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+        self.tracker.write(batch_op(self.parent_run_id, tags={HEARTBEAT: str(int(time.time()))}))
 
 
 class Progress(Callback):
     """One line when a trial ends, and at most every `every_s` seconds while trials run."""
 
-    def __init__(self, study_name: str, metric: str, mode: str, every_s: float = 30.0, echo=print):
+    def __init__(self, study_name: str, metric: str, mode: str, every_s: float = 30.0, echo=print,
+                 interrupted: list[str] | None = None):
         self.study_name, self.metric, self.mode = study_name, metric, mode
+        self.interrupted = interrupted if interrupted is not None else []  # OutcomeRecorder's list, shared
         self.every_s = every_s
         self.echo = echo
         self.last_line, self.last_time = "", 0.0
@@ -81,20 +146,24 @@ class Progress(Callback):
         self.show(trials)  # on_trial_complete runs before Tune marks the trial TERMINATED: recount at the end
 
     def show(self, trials: list, force: bool = False) -> None:
-        line = progress_line(self.study_name, trials, self.metric, self.mode, self.scores)
+        line = progress_line(self.study_name, trials, self.metric, self.mode, self.scores, self.interrupted)
         if force or line != self.last_line:
             self.echo(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
         self.last_line, self.last_time = line, time.monotonic()
 
 
-def progress_line(study_name: str, trials: list, metric: str, mode: str, scores: dict[str, float]) -> str:
-    done = [t for t in trials if t.status == "TERMINATED"]
+def progress_line(study_name: str, trials: list, metric: str, mode: str, scores: dict[str, float],
+                  interrupted: Collection[str] = ()) -> str:
+    # Tune marks the trials it stops at a Ctrl-C TERMINATED too: they are neither done nor pruned.
+    done = [t for t in trials if t.status == "TERMINATED" and t.trial_id not in interrupted]
     completed = [t for t in done if (t.last_result or {}).get(COMPLETED_KEY)]
     running = sum(t.status == "RUNNING" for t in trials)
     pending = sum(t.status in ("PENDING", "PAUSED") for t in trials)
     failed = sum(t.status == "ERROR" for t in trials)
     line = (f"{study_name}: {len(completed)} done, {len(done) - len(completed)} pruned/stopped, {failed} failed, "
             f"{running} running, {pending} pending")
+    if interrupted:
+        line += f", {len(interrupted)} interrupted"
     scored = [trial for trial in trials if trial.trial_id in scores]
     if scored:
         sign = 1 if mode == "max" else -1

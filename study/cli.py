@@ -114,24 +114,31 @@ def report(name: str = typer.Argument(...),
 
 
 @app.command()
-def server(stop: bool = typer.Option(False, "--stop", help="Stop the local server instead.")) -> None:
+def server(stop: bool = typer.Option(False, "--stop", help="Stop the local server instead."),
+           port: Optional[int] = typer.Option(None, "--port", min=1, max=65535,
+                                              help="Listen here (default: its previous port, else 5000).")) -> None:
     """Start (or find) the local embedded MLflow server and print its address."""
     from study.server import ensure_server, stop_server
 
     if stop:
         echo("stopped" if stop_server() else "no local server was running")
         return
-    info = ensure_server()
+    info = ensure_server(port=port)
     echo(f"MLflow UI: {info.uri} (pid {info.pid})")
 
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from study.interrupt import StudyInterrupted
+
     try:
         app(args=argv)  # standalone: typer reports usage errors itself (exit 2) and exits
     except AaclipError as error:
         note(f"error: {error}")
         sys.exit(2)
+    except StudyInterrupted as interrupted:  # Ctrl-C / SIGTERM: stopped cleanly, resumable
+        note(str(interrupted))
+        sys.exit(interrupted.code)
 
 
 if __name__ == "__main__":

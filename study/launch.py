@@ -23,17 +23,22 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ray.tune.search import ConcurrencyLimiter
 
 from aaclip.home import aaclip_home
-from study.callbacks import OutcomeRecorder, Progress
+from study.asha_state import reported_history, restore_rungs
+from study.callbacks import Heartbeat, OutcomeRecorder, Progress
 from study.errors import StudyError
 from study.guard import GradientGuard
+from study.interrupt import Interruption, StudyInterrupted
+from study.locks import file_lock
 from study.preflight import check_launch_targets
 from study.searcher import INDEX_KEY, BaselineFirst, StudyOptunaSearch, is_baseline
 from study.server import resolve_tracking_uri
 from study.spec import Study, parse_study
+from study.spool import batch_op, replay_all, spool_root
 from study.tracking import (
-    create_parent_run, ensure_experiment, find_parent_run, require_parent_run, runs_link, tracking_client,
+    DRIVER_STATE, create_parent_run, ensure_experiment, find_parent_run, recorded_outcomes, require_parent_run,
+    runs_link, tracking_client,
 )
-from study.trainable import FORWARDED_ENV, TrialContext, run_trial
+from study.trainable import FORWARDED_ENV, TRACKING_SECRETS, TrialContext, run_trial
 
 Echo = Callable[..., None]
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say what matters
@@ -79,13 +84,15 @@ def without_password(url: str) -> str:
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
-    engine = {}
-    if url.startswith("sqlite"):
-        from sqlalchemy.engine import make_url
+    if not url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(url)
+    # Two studies started at once on one home would both create a new database's tables (and one fails).
+    from sqlalchemy.engine import make_url
 
-        Path(make_url(url).database).parent.mkdir(parents=True, exist_ok=True)
-        engine = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    database = Path(make_url(url).database)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(database.with_suffix(".lock")):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -97,7 +104,7 @@ def connect_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+    env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ and name not in TRACKING_SECRETS}
     options: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
                                "logging_level": "WARNING"}
     if not address:
@@ -158,9 +165,17 @@ def check_cluster(study: Study) -> None:
 
 
 class StudyASHA(AsyncHyperBandScheduler):
-    """ASHA that records the baseline's results (a fair reference for the rungs) but never stops it."""
+    """ASHA that records the baseline's results (a fair reference for the rungs) but never stops it.
+
+    `ended`: trials whose end is on record already (a resumed study, whose Ray state was saved before it);
+    Ray runs them again, and they are stopped at their first result so the recorded decision stands.
+    """
+
+    ended: frozenset[str] = frozenset()
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if trial.trial_id in self.ended:
+            return TrialScheduler.STOP
         decision = super().on_trial_result(tune_controller, trial, result)
         return TrialScheduler.CONTINUE if is_baseline(trial.config) else decision
 
@@ -209,11 +224,18 @@ def make_tuner(study: Study, context: TrialContext, storage: str) -> tune.Tuner:
     run_config = tune.RunConfig(
         name=study.name, storage_path=storage, stop=guard, verbose=0,
         failure_config=tune.FailureConfig(max_failures=spec.trials.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[OutcomeRecorder(study.name, context.experiment_id, guard, spec.scheduler.time_attr),
-                   Progress(study.name, spec.objective.metric, spec.objective.mode)],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=driver_callbacks(study, context, guard),
     )
     return tune.Tuner(make_trainable(study, context), tune_config=tune_config, run_config=run_config)
+
+
+def driver_callbacks(study: Study, context: TrialContext, guard: GradientGuard) -> list:
+    """Outcomes to MLflow, the driver's heartbeat, progress lines; the first is what _execute inspects."""
+    spec = study.spec
+    recorder = OutcomeRecorder(study.name, context.experiment_id, guard, spec.scheduler.time_attr,
+                               context.connect, Path(context.aaclip_home))
+    return [recorder, Heartbeat(recorder.tracker, context.parent_run_id),
+            Progress(study.name, spec.objective.metric, spec.objective.mode, interrupted=recorder.interrupted)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -309,19 +331,39 @@ def _execute(tuner: tune.Tuner, study: Study, context: TrialContext, experiment_
     # `resume` repeats fewer trials whose end the searcher and MLflow have already recorded.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3")
     os.environ["MLFLOW_TRACKING_URI"] = context.tracking_uri  # for the driver-side callbacks
-    client = tracking_client(context.tracking_uri)
-    client.update_run(context.parent_run_id, status="RUNNING")
+    recorder, heartbeat = tuner._local_tuner.get_run_config().callbacks[:2]  # noqa: SLF001 - see driver_callbacks
+    tracker = recorder.tracker
+    tracker.write({"op": "status", "run_id": context.parent_run_id, "status": "RUNNING"})
+    heartbeat.beat()
+    interruption = Interruption()
     try:
-        results = tuner.fit()
+        with interruption:
+            results = tuner.fit()
     except BaseException:
-        client.set_terminated(context.parent_run_id, status="KILLED")
+        _close_parent(tracker, context, "KILLED", "crashed", wait_s=30.0)  # a crash should not hang as well
         raise
-    client.set_terminated(context.parent_run_id, status="FINISHED")
+    if interruption.signal or recorder.interrupted:
+        _close_parent(tracker, context, "KILLED", "interrupted")
+        raise StudyInterrupted(f"study {study.name}: interrupted; trials are checkpointed. Continue it with "
+                               f"`aaclip-study resume {study.name}`", interruption.code)
+    _close_parent(tracker, context, "FINISHED", "finished")
+    left = replay_all(tracker.client, Path(context.aaclip_home), study.name)
+    if left:
+        echo(f"note: the tracking server is away; records of {len(left)} trial(s) stay in "
+             f"{spool_root(Path(context.aaclip_home), study.name)} until `aaclip-study resume {study.name}`")
     echo(f"study {study.name}: finished; results in {experiment_path}")
     echo(f"  runs:   {runs_link(context.tracking_uri, context.experiment_id)}")
     echo(f"  next:   aaclip-study status {study.name} | aaclip-study export {study.name} -o best.yaml")
     return StudyRun(study.name, context.tracking_uri, context.experiment_id, context.parent_run_id,
                     experiment_path, len(results), len(results.errors))
+
+
+def _close_parent(tracker, context: TrialContext, status: str, driver_state: str,
+                  wait_s: float | None = None) -> None:
+    """The parent run's end, through the driver's spool (the server may be away right now)."""
+    tracker.write(batch_op(context.parent_run_id, tags={DRIVER_STATE: driver_state}))
+    tracker.write({"op": "terminate", "run_id": context.parent_run_id, "status": status})
+    tracker.drain(wait_s)
 
 
 def study_from_parent(client, parent) -> Study:
@@ -334,6 +376,21 @@ def study_from_parent(client, parent) -> Study:
         study = parse_study(data, source=parent.data.tags.get("aaclip.spec_source", "spec"))
         study.base_config  # noqa: B018 - resolved while the files exist
     return study
+
+
+def _restore_driver_state(tuner: tune.Tuner, study: Study, context: TrialContext, client, parent, echo: Echo) -> None:
+    """What Ray's saved state lacks: fresh driver callbacks (outcomes, heartbeat), ASHA's rungs as MLflow
+    recorded them, and the trials whose end is on record already (their decisions stand)."""
+    internal = tuner._local_tuner  # noqa: SLF001 - Ray offers no public handle on a restored Tuner's parts
+    run_config = internal.get_run_config()
+    run_config.callbacks = driver_callbacks(study, context, run_config.stop)
+    scheduler = internal._tune_config.scheduler  # noqa: SLF001
+    if isinstance(scheduler, StudyASHA):
+        history = reported_history(client, parent, study.spec.objective.metric, study.spec.scheduler.time_attr)
+        points = restore_rungs(scheduler, history)
+        scheduler.ended = frozenset(recorded_outcomes(client, parent))
+        echo(f"  ASHA: {points} rung result(s) of {len(history)} trial(s) restored; "
+             f"{len(scheduler.ended)} trial(s) already ended")
 
 
 def resume_study(name: str, *, address: str | None = None, tracking_uri: str | None = None,
@@ -351,8 +408,13 @@ def resume_study(name: str, *, address: str | None = None, tracking_uri: str | N
         experiment_id = parent.info.experiment_id
         context = TrialContext.from_driver(study, uri, experiment_id, parent.info.run_id, aaclip_home())
         echo(f"study {name}: resuming from {experiment_path}; runs at {runs_link(uri, experiment_id)}")
+        left = replay_all(client, aaclip_home(), name)  # what dead workers and the dead driver left spooled
+        if left:
+            raise StudyError(f"study {name!r}: the tracking server {uri} does not take the spooled records of "
+                             f"{len(left)} trial(s) yet; resume again once it answers")
         tuner = tune.Tuner.restore(experiment_path, trainable=make_trainable(study, context),
                                    resume_unfinished=True, resume_errored=False)
+        _restore_driver_state(tuner, study, context, client, parent, echo)
         return _execute(tuner, study, context, experiment_path, echo)
     finally:
         if started:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from study.tracking import STUDY, TRIAL_ID, require_parent_run, runs_link, trial_runs
+from study.tracking import (
+    DRIVER_STATE, HEARTBEAT, HEARTBEAT_STALE_S, STUDY, TRIAL_ID, require_parent_run, runs_link, trial_runs,
+)
 
 
 @dataclass
@@ -61,8 +64,9 @@ def study_status(client, name: str) -> StudyStatus:
     tags = parent.data.tags
     metric, mode = tags["aaclip.objective"], tags["aaclip.mode"]
     keys = [key for key in tags.get("aaclip.space_keys", "").split(",") if key]
-    driver_alive = parent.info.status == "RUNNING"
-    status = StudyStatus(study=tags[STUDY], objective=metric, mode=mode, state=parent.info.status.lower(),
+    state = study_state(parent)
+    driver_alive = state == "running"
+    status = StudyStatus(study=tags[STUDY], objective=metric, mode=mode, state=state,
                          link=runs_link(client.tracking_uri, parent.info.experiment_id))
     for run in trial_runs(client, parent):
         run_tags, metrics = run.data.tags, run.data.metrics
@@ -78,6 +82,21 @@ def study_status(client, name: str) -> StudyStatus:
             baseline=run_tags.get("aaclip.baseline") == "true", reason=run_tags.get("aaclip.stop_reason", ""),
             run_id=run.info.run_id))
     return status
+
+
+def study_state(parent, now: float | None = None) -> str:
+    """running | finished | interrupted | crashed | failed. A RUNNING parent whose driver's heartbeat is older
+    than HEARTBEAT_STALE_S had its driver die without a word (SIGKILL, a lost machine): interrupted."""
+    status = parent.info.status
+    tags = parent.data.tags
+    if status == "RUNNING":
+        beat = tags.get(HEARTBEAT)
+        if beat and (now or time.time()) - float(beat) > HEARTBEAT_STALE_S:
+            return "interrupted"
+        return "running"
+    if status == "KILLED":
+        return tags.get(DRIVER_STATE, "interrupted")
+    return status.lower()
 
 
 def _finite(value: float | None) -> float | None:

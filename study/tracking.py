@@ -6,8 +6,10 @@ restarted trial, `status` or `export` days later) reaches the same runs:
     parent: aaclip.role=study, aaclip.study=<name>
     child:  aaclip.role=trial, aaclip.study=<name>, aaclip.trial_id=<Ray trial id>, mlflow.parentRunId=<parent>
 
-A restarted trial reopens its run and skips the epochs that run already holds (tag aaclip.last_epoch), so a
-resumed trial continues its curves without duplicated points.
+A restarted trial reopens its run and skips the epochs that run already holds (tag aaclip.last_epoch, moved
+only once an epoch's metrics, artifacts and best tags are all written), so a resumed trial continues its curves
+without duplicated points and completes whatever its previous attempt left unlogged. Writes from trials and the
+driver go through study/spool.py: retried, and spooled to disk while the server is away.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import math
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,17 @@ from mlflow.tracking import MlflowClient
 
 from aaclip.config import TrainConfig, flatten
 from study.errors import StudyError
+from study.server import current_uri
+from study.spool import Spool, Tracker, batch_op
 
 ROLE, STUDY, TRIAL_ID = "aaclip.role", "aaclip.study", "aaclip.trial_id"
 PARENT = "mlflow.parentRunId"
+HEARTBEAT = "aaclip.heartbeat"  # unix seconds of the driver's last pulse on the parent run
+HEARTBEAT_EVERY_S, HEARTBEAT_STALE_S = 20.0, 120.0  # status calls a driver silent for longer dead
+DRIVER_STATE = "aaclip.driver"  # on the parent run: finished | interrupted | crashed, once the driver ends
+OUTCOME_BY = "aaclip.outcome_by"  # "driver": the recorded end of the trial (the worker's tag is provisional)
 BATCH = 100
+METRIC_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 HISTORY_KEYS = ("grad/text_adapter", "grad/text_cross_attn", "grad/image_adapter", "grad/image_cross_attn",
                 "grad/image_adapter_share")  # MLflow's limit of params or tags per log_batch call
 
@@ -40,6 +50,28 @@ def tracking_client(uri: str) -> MlflowClient:
         reason = str(error).strip().split(". ")[0].split(";")[-1].strip()
         raise StudyError(f"tracking URI {uri!r}: not usable ({reason}); use http(s)://HOST:PORT of an MLflow "
                          "server, or leave it unset for the local server") from None
+
+
+@dataclass(frozen=True)
+class Connector:
+    """Makes a client for the tracking server where it is now (picklable: trials and Tune's state carry it).
+
+    With `home` set, the URI is the embedded server of that home, whose record (server.json) is read again at
+    every reconnection: a server restarted on another port is found again.
+    """
+
+    uri: str
+    home: str | None = None
+
+    def __call__(self) -> MlflowClient:
+        return tracking_client(current_uri(Path(self.home), self.uri) if self.home else self.uri)
+
+    def tracker(self, spool_folder: Path, warn=print) -> Tracker:
+        return Tracker(self, Spool(spool_folder), warn=warn)
+
+    @classmethod
+    def for_uri(cls, uri: str, home: Path) -> Connector:
+        return cls(uri, str(home) if current_uri(home, None) == uri else None)
 
 
 def runs_link(uri: str, experiment_id: str) -> str:
@@ -117,67 +149,108 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
-class TrialRun:
-    """The child run of one trial, opened (or reopened) from the process that runs the trial."""
+FINAL_OUTCOMES = ("completed", "pruned", "stopped", "failed")
 
-    def __init__(self, client: MlflowClient, run_id: str, last_epoch: int):
-        self.client = client
+
+class TrialRun:
+    """The child run of one trial, opened (or reopened) from the process that runs the trial.
+
+    Writes go through a Tracker (study/spool.py): retried, and spooled to disk while the server is away.
+    Two markers make a restarted attempt finish what the previous one left: `metrics_through` (the last epoch
+    whose metrics are on the server, read from the `epoch` metric) and the tag `aaclip.last_epoch`, which moves
+    only after that epoch's artifacts and best tags are written. An epoch between the two gets its evaluation
+    logged again, but not its metrics (no step is written twice).
+    """
+
+    def __init__(self, tracker: Tracker, run_id: str, last_epoch: int, metrics_through: int):
+        self.tracker = tracker
         self.run_id = run_id
-        self.last_epoch = last_epoch  # epochs up to here are already logged (a restarted trial)
+        self.last_epoch = last_epoch  # epochs up to here are completely logged
+        self.metrics_through = max(metrics_through, last_epoch)
 
     @classmethod
-    def open(cls, client: MlflowClient, *, experiment_id: str, parent_run_id: str, study: str,
+    def open(cls, tracker: Tracker, *, experiment_id: str, parent_run_id: str, study: str,
              trial_id: str, trial_name: str, config: TrainConfig, baseline: bool) -> TrialRun:
-        run = find_trial_run(client, experiment_id, study, trial_id)
-        if run is None:
-            tags = {ROLE: "trial", STUDY: study, TRIAL_ID: trial_id, PARENT: parent_run_id,
-                    "aaclip.baseline": str(baseline).lower()}
-            run = client.create_run(experiment_id, run_name=trial_name, tags=tags)
-            log_params(client, run.info.run_id, flatten(config.to_dict()))
-            client.log_text(run.info.run_id, config.to_yaml(), "config.yaml")
-        else:
-            client.update_run(run.info.run_id, status="RUNNING")
-        trial_run = cls(client, run.info.run_id, int(run.data.tags.get("aaclip.last_epoch", 0)))
+        tracker.drain()  # what a killed attempt spooled counts before the markers are read
+        tags = {ROLE: "trial", STUDY: study, TRIAL_ID: trial_id, PARENT: parent_run_id,
+                "aaclip.baseline": str(baseline).lower()}
+
+        def find_or_create(client: MlflowClient):  # searched again on every retry: one run per trial
+            run = find_trial_run(client, experiment_id, study, trial_id)
+            return run or client.create_run(experiment_id, run_name=trial_name, tags=tags)
+
+        run = tracker.read(find_or_create, "opening the trial's run")
+        run_id = run.info.run_id
+        params = {key: _param_text(value) for key, value in flatten(config.to_dict()).items()}
+        missing = {key: value for key, value in params.items() if key not in run.data.params}
+        for keys in _chunks(list(missing), BATCH):  # a retried attempt logs whatever an earlier one did not
+            tracker.write(batch_op(run_id, params={key: missing[key] for key in keys}))
+        if missing:
+            tracker.write({"op": "log_text", "run_id": run_id, "text": config.to_yaml(),
+                           "artifact_file": "config.yaml"})
+        run_tags = run.data.tags
+        epochs = tracker.read(lambda client: client.get_metric_history(run_id, "epoch"), "reading the run")
+        trial_run = cls(tracker, run_id, int(run_tags.get("aaclip.last_epoch", 0)),
+                        max((point.step for point in epochs), default=0))
+        # The driver recorded this trial's end already (a resumed study runs it again): a re-run does not undo it.
+        ended = run_tags.get(OUTCOME_BY) == "driver" and run_tags.get("aaclip.outcome") in FINAL_OUTCOMES
+        if not ended:
+            tracker.write({"op": "status", "run_id": run_id, "status": "RUNNING"})
         trial_run.set_tags({"aaclip.node": _node(), "aaclip.worker_pid": str(os.getpid()),
-                            "aaclip.outcome": "running"})
+                            **({} if ended else {"aaclip.outcome": "running"})})
         return trial_run
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        items = [RunTag(key, str(value)[:8000]) for key, value in tags.items()]
-        self.client.log_batch(self.run_id, tags=items)
+        self.tracker.write(batch_op(self.run_id, tags={key: str(value)[:8000] for key, value in tags.items()}))
 
     def log_epoch(self, metrics: dict[str, Any]) -> bool:
-        """Log one epoch's metrics at step = global epoch; False if this epoch was logged before a restart."""
+        """Log one epoch's metrics at step = global epoch (once); False if the epoch was completely logged
+        before a restart, True if its evaluation logging and `mark_epoch` are still to do."""
         epoch = int(metrics["epoch"])
         if epoch <= self.last_epoch:
             return False
-        now = int(time.time() * 1000)
-        values = [Metric(key, value, now, epoch) for key, value in numeric_metrics(metrics).items()
-                  if math.isfinite(value) or key.startswith(("train/", "grad/"))]  # a NaN loss is a finding
-        self.client.log_batch(self.run_id, metrics=values, tags=[RunTag("aaclip.last_epoch", str(epoch))])
-        self.last_epoch = epoch
+        if epoch > self.metrics_through:
+            now = int(time.time() * 1000)
+            values = [Metric(key, value, now, epoch) for key, value in numeric_metrics(metrics).items()
+                      if math.isfinite(value) or key.startswith(("train/", "grad/"))]  # a NaN loss is a finding
+            for start in range(0, len(values), METRIC_BATCH):
+                self.tracker.write(batch_op(self.run_id, metrics=values[start:start + METRIC_BATCH]))
+            self.metrics_through = epoch
         return True
+
+    def mark_epoch(self, epoch: int) -> None:
+        """Everything of this epoch is written (or spooled, which keeps the order): move the marker last."""
+        self.set_tags({"aaclip.last_epoch": epoch})
+        self.last_epoch = epoch
 
     def metric_history(self, keys: tuple[str, ...] = HISTORY_KEYS) -> list[dict[str, float]]:
         """Rows {epoch, key: value} already logged (empty for a fresh run)."""
-        if self.last_epoch == 0:
+        if self.metrics_through == 0:
             return []
         rows: dict[int, dict[str, float]] = {}
         for key in keys:
-            for point in self.client.get_metric_history(self.run_id, key):
+            history = self.tracker.read(lambda client: client.get_metric_history(self.run_id, key), "history")
+            for point in history:
                 rows.setdefault(point.step, {"epoch": float(point.step)})[key] = point.value
         return [rows[step] for step in sorted(rows)]
 
     def best_value(self) -> float | None:
-        text = self.client.get_run(self.run_id).data.tags.get("aaclip.best_value")
+        run = self.tracker.read(lambda client: client.get_run(self.run_id), "reading the run")
+        text = run.data.tags.get("aaclip.best_value")
         return float(text) if text else None
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
         if Path(path).is_file():
-            self.client.log_artifact(self.run_id, str(path), folder)
+            self.tracker.write({"op": "log_artifact", "run_id": self.run_id, "file": str(path), "folder": folder})
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        """Close the run, and wait (bounded) for anything spooled to reach the server."""
+        self.tracker.write({"op": "terminate", "run_id": self.run_id, "status": status})
+        self.tracker.drain()
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
 
 
 def _node() -> str:
@@ -191,13 +264,27 @@ def _node() -> str:
 
 def mark_trial_outcome(client: MlflowClient, experiment_id: str, study: str, trial_id: str, *,
                        outcome: str, reason: str = "") -> None:
-    """Record how a trial ended, from the driver (a stopped worker cannot always close its own run)."""
+    """Record how a trial ended, from the driver (a stopped worker cannot always close its own run).
+
+    The first outcome the driver records stands (Optuna, too, keeps its first verdict): a trial that a resumed
+    study runs again after its end was recorded keeps that end, so MLflow, Optuna and `status` agree.
+    """
     run = find_trial_run(client, experiment_id, study, trial_id)
     if run is None:
         return
-    tags = [RunTag("aaclip.outcome", outcome)]
-    if reason:
-        tags.append(RunTag("aaclip.stop_reason", reason[:8000]))
-    client.log_batch(run.info.run_id, tags=tags)
+    tags = run.data.tags
+    if tags.get(OUTCOME_BY) == "driver" and tags.get("aaclip.outcome") in FINAL_OUTCOMES:
+        outcome = tags["aaclip.outcome"]
+    else:
+        items = [RunTag("aaclip.outcome", outcome), RunTag(OUTCOME_BY, "driver")]
+        if reason:
+            items.append(RunTag("aaclip.stop_reason", reason[:8000]))
+        client.log_batch(run.info.run_id, tags=items)
     status = {"completed": "FINISHED", "failed": "FAILED"}.get(outcome, "KILLED")
     client.set_terminated(run.info.run_id, status=status)
+
+
+def recorded_outcomes(client: MlflowClient, parent) -> dict[str, str]:
+    """trial id -> the outcome the driver recorded, for every trial whose end is on record."""
+    return {run.data.tags[TRIAL_ID]: run.data.tags["aaclip.outcome"] for run in trial_runs(client, parent)
+            if run.data.tags.get(OUTCOME_BY) == "driver" and run.data.tags.get("aaclip.outcome") in FINAL_OUTCOMES}

@@ -20,18 +20,25 @@ import ray.tune
 
 from aaclip.config import TrainConfig
 from aaclip.notices import recorded
+from study.callbacks import remove_scratch
+from study.mlflow_env import CLIENT_SETTINGS
 from study.plots import gradient_flow_plot
 from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline
 from study.spec import Study, planned_epochs
-from study.tracking import TrialRun, log_params, numeric_metrics, tracking_client
+from study.spool import batch_op, spool_root
+from study.tracking import Connector, TrialRun, numeric_metrics
 
 MAX_TAG_CHARS = 5000  # keeps a long list of warnings within MLflow's tag limits
 # Variables a trial process needs wherever it runs: tracking credentials, artifact store access, offline hubs.
 FORWARDED_ENV = (
     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
     "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE", "HF_HOME",
+    "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE", "HF_HOME", *CLIENT_SETTINGS,
 )
+# Tracking secrets reach a trial only inside its TrialContext (Ray's object store). Ray's runtime_env agent
+# logs a job's env_vars in plain text (runtime_env_agent.log), so these never go there; the artifact store's
+# keys must, since Ray's storage sync in the worker needs them before any trial code runs.
+TRACKING_SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 @dataclass
@@ -44,12 +51,14 @@ class TrialContext:
     parent_run_id: str
     aaclip_home: str
     env: dict[str, str] = field(default_factory=dict)
+    connect: Connector | None = None
 
     @classmethod
     def from_driver(cls, study: Study, tracking_uri: str, experiment_id: str, parent_run_id: str,
                     aaclip_home: Path) -> TrialContext:
         env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-        return cls(study, tracking_uri, experiment_id, parent_run_id, str(aaclip_home), env)
+        return cls(study, tracking_uri, experiment_id, parent_run_id, str(aaclip_home), env,
+                   Connector.for_uri(tracking_uri, aaclip_home))
 
     def apply_environment(self) -> None:
         os.environ.update(self.env)
@@ -72,17 +81,22 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     train_config = trial_config(context.study, config)
     splits = split_summary(load_splits(train_config.data))  # which images the trial saw; refuses val/test overlap
     tune_context = ray.tune.get_context()
-    run = TrialRun.open(tracking_client(context.tracking_uri), experiment_id=context.experiment_id,
+    trial_id = tune_context.get_trial_id()
+    tracker = context.connect.tracker(spool_root(Path(context.aaclip_home), context.study.name) / trial_id)
+    run = TrialRun.open(tracker, experiment_id=context.experiment_id,
                         parent_run_id=context.parent_run_id, study=context.study.name,
-                        trial_id=tune_context.get_trial_id(), trial_name=tune_context.get_trial_name(),
+                        trial_id=trial_id, trial_name=tune_context.get_trial_name(),
                         config=train_config, baseline=is_baseline(config))
-    log_params(run.client, run.run_id, splits)  # the same values again on a restart, which MLflow accepts
+    # The same values again on a restart, which MLflow accepts.
+    run.tracker.write(batch_op(run.run_id, params={key: str(value) for key, value in splits.items()}))
     if OPTUNA_KEY in config:
         run.set_tags({"aaclip.optuna_trial": config[OPTUNA_KEY]})
     # Under AACLIP_HOME, not /tmp: a worker killed mid-trial leaves its scratch where the project's state lives.
+    # Ray runs one attempt of a trial at a time: folders of this trial's earlier attempts are dead ones'.
+    remove_scratch(Path(context.aaclip_home), trial_id)
     scratch = Path(context.aaclip_home) / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
-    out_dir = Path(tempfile.mkdtemp(prefix=f"trial-{tune_context.get_trial_id()}-", dir=scratch))
+    out_dir = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-", dir=scratch))
     reporter = EpochReporter(context.study, run, out_dir, planned_epochs(train_config))
     try:
         with restored_checkpoint() as resume:
@@ -118,12 +132,16 @@ class EpochReporter:
     def __call__(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         self.history = [row for row in self.history if row["epoch"] < metrics["epoch"]] + [dict(metrics)]
         self.record_warnings()
-        if self.run.log_epoch(metrics) and self.objective.metric in metrics:
-            self.log_evaluation(metrics, checkpoint_dir)
+        completed = int(metrics["epoch"]) >= self.planned
+        if self.run.log_epoch(metrics):
+            if self.objective.metric in metrics:
+                self.log_evaluation(metrics, checkpoint_dir)
+            if completed:
+                self.run.set_tags({"aaclip.outcome": "completed"})
+            self.run.mark_epoch(int(metrics["epoch"]))  # last: a restart redoes whatever came before it
         report = numeric_metrics(metrics)
-        if int(metrics["epoch"]) >= self.planned:
+        if completed:
             report[COMPLETED_KEY] = 1.0
-            self.run.set_tags({"aaclip.outcome": "completed"})
         ray.tune.report(report, checkpoint=ray.tune.Checkpoint.from_directory(checkpoint_dir))
 
     def log_evaluation(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:

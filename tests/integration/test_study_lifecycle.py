@@ -7,6 +7,7 @@ is stopped: the study is sure to prune, and the searcher must hear of it.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 
@@ -16,8 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from aaclip.config import flatten, load_config
 from study.report import write_report
-from study.status import study_status
-from study.tracking import find_parent_run, trial_runs
+from study.asha_state import reported_history
+from study.status import study_state, study_status
+from study.tracking import HEARTBEAT_STALE_S, find_parent_run, trial_runs
 
 NAME = "lifecycle"
 
@@ -52,9 +54,22 @@ def test_killed_driver_resumes_and_everything_is_tracked_once(ray_cluster, mlflo
         driver.kill()
         driver.wait(timeout=30)
 
+    # A driver killed without a word: its parent run still says RUNNING, but its heartbeat goes stale.
+    killed = find_parent_run(client, NAME)
+    assert killed.info.status == "RUNNING" and study_state(killed) == "running"
+    assert study_state(killed, now=time.time() + HEARTBEAT_STALE_S + 30) == "interrupted"
+
+    # What ASHA had recorded at the loop-1 rung before the kill: each trial's first result at loop >= 1 (a
+    # worker of the dead driver may still log one more before Ray stops it: the resume can only see more).
+    reached = [trial for trial, points in reported_history(client, killed, "lr/image", "loop").items()
+               if any(loop >= 1 for loop, _ in points)]
+    assert reached, "a trial was pruned, so the rung holds results"
+
     resumed = cli.run("resume", NAME, "--address", address, "--tracking-uri", mlflow_uri)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "finished" in resumed.stdout
+    restored = re.search(r"ASHA: (\d+) rung result\(s\)", resumed.stdout)
+    assert restored and int(restored.group(1)) >= len(reached), resumed.stdout
 
     parent = find_parent_run(client, NAME)
     assert parent.info.status == "FINISHED"
@@ -68,7 +83,8 @@ def test_killed_driver_resumes_and_everything_is_tracked_once(ray_cluster, mlflo
 
     status = study_status(client, NAME)
     assert len(status.trials) == 6 and {row.state for row in status.trials} <= {"completed", "pruned"}
-    assert any("ASHA" in row.reason for row in status.trials if row.state == "pruned")
+    assert all("ASHA" in row.reason for row in status.trials if row.state == "pruned")
+    assert all(not row.reason for row in status.trials if row.state == "completed"), "outcome and reason agree"
 
     index = write_report(client, NAME, tmp_path / "report")
     assert (tmp_path / "report" / "optimization_history.png").is_file() and index.is_file()
@@ -118,7 +134,7 @@ def check_searcher_heard_of_pruning(client: MlflowClient, parent, runs: list) ->
         trial = trials[int(run.data.tags["aaclip.optuna_trial"])]
         if run.data.tags["aaclip.outcome"] == "pruned":
             assert trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values
-        else:  # completed; or re-run to completion by `resume` after Optuna heard it was pruned
-            assert trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        else:  # a trial recorded as pruned before the kill is never re-run to completion by `resume`
+            assert trial.state == optuna.trial.TrialState.COMPLETE, run.info.run_name
     assert any(run.data.tags["aaclip.outcome"] == "pruned" for run in searched)
     assert sum(trial.state == optuna.trial.TrialState.PRUNED for trial in trials.values()) >= 1

@@ -1,12 +1,15 @@
-"""A trial whose worker is killed resumes from its checkpoint and ends as an uninterrupted run would; the
-exported configuration retrains to the same objective."""
+"""A trial whose worker is killed again and again resumes from its checkpoint each time and ends as an
+uninterrupted run would (metrics, evaluation artifacts, best tags); the exported configuration retrains to
+the same objective."""
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from study.tracking import find_parent_run, trial_runs
 
 
 NAME = "phoenix"
+KILLS = 5
 
 
 def the_run(client: MlflowClient):
@@ -31,22 +35,51 @@ def last_epoch(client: MlflowClient) -> int:
     return int(run.data.tags.get("aaclip.last_epoch", 0)) if run else 0
 
 
+def kill_repeatedly(client: MlflowClient, driver, wait_for) -> list[int]:
+    """SIGKILL the trial's worker KILLS times, each after the restarted worker made progress, at a varying
+    moment (mid-epoch, at a loop boundary, during a checkpoint write): the outcome may not depend on when."""
+    delays = random.Random(0)
+    killed: list[int] = []
+    for _ in range(KILLS):
+        run = the_run(client)
+        pid, epoch = int(run.data.tags["aaclip.worker_pid"]), last_epoch(client)
+        time.sleep(delays.uniform(0.0, 3.0))
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+        wait_for(lambda: int(the_run(client).data.tags["aaclip.worker_pid"]) not in killed
+                 and last_epoch(client) > epoch, 300, "the restarted worker's next epoch", driver)
+    return killed
+
+
+def check_evaluation_logged(client: MlflowClient, run) -> None:
+    """What each evaluation epoch writes besides metrics arrived, whatever the kills interrupted."""
+    objective = client.get_metric_history(run.info.run_id, "val/pixel_auroc")
+    assert [point.step for point in objective] == [7, 14]
+    best = max(objective, key=lambda point: point.value)
+    assert float(run.data.tags["aaclip.best_value"]) == pytest.approx(best.value)
+    assert run.data.tags["aaclip.best_epoch"] == str(best.step)
+    galleries = {item.path for item in client.list_artifacts(run.info.run_id, "gallery")}
+    assert galleries == {"gallery/epoch-0007.png", "gallery/epoch-0014.png"}
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {"gradient_flow.png", "best_adapters", "config.yaml"} <= artifacts
+
+
 @pytest.mark.slow
 def test_killed_worker_resumes_and_export_retrains(ray_cluster, mlflow_uri, study_home, write_spec, cli, wait_for,
                                                    tmp_path):
     # 2 loops of 1 + 6 epochs: after epoch 2 the trial has 12 epochs left, time enough for the kill to land
     # mid-trial even on a fast machine (with 1 + 1 epochs it could finish between two polls).
     spec = write_spec(NAME, trials={"num_samples": 1, "max_concurrent": 1, "resources": {"cpu": 1, "gpu": 0},
-                                    "max_failures": 1},
+                                    "max_failures": KILLS},
                       overrides={"feedback.loops": 2, "feedback.text_epochs": 1, "feedback.image_epochs": 6})
     client = MlflowClient(mlflow_uri)
     with open(tmp_path / "driver.log", "w") as log:
         driver = subprocess.Popen(cli.command("run", str(spec), "--address", ray_cluster.address,
                                                 "--tracking-uri", mlflow_uri), stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: last_epoch(client) >= 2, 300, "the trial's first epochs", driver)
-        killed_pid = int(the_run(client).data.tags["aaclip.worker_pid"])
-        os.kill(killed_pid, signal.SIGKILL)
+        killed_pids = kill_repeatedly(client, driver, wait_for)
         assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    killed_pid = killed_pids[-1]
 
     run = the_run(client)
     assert run.data.tags["aaclip.outcome"] == "completed"
@@ -54,6 +87,7 @@ def test_killed_worker_resumes_and_export_retrains(ray_cluster, mlflow_uri, stud
     epochs = [point.step for point in client.get_metric_history(run.info.run_id, "epoch")]
     assert epochs == list(range(1, 15))
     assert len(trial_runs(client, find_parent_run(client, NAME))) == 1
+    check_evaluation_logged(client, run)
 
     best = tmp_path / "best.yaml"
     exported = cli.run("export", NAME, "-o", str(best), "--tracking-uri", mlflow_uri)

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 from study.callbacks import progress_line, trial_outcome
 from study.guard import GradientGuard
+from study.mlflow_env import client_settings
 from study.spec import GuardSpec
 from study.trainable import TrialContext
 
@@ -37,10 +38,18 @@ def test_tracking_credentials_travel_with_the_trial_context(monkeypatch, tmp_pat
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
     context = TrialContext.from_driver(study=None, tracking_uri="http://tracking:5000", experiment_id="1",
                                        parent_run_id="p", aaclip_home=tmp_path)
-    assert context.env == {"MLFLOW_TRACKING_USERNAME": "ada", "MLFLOW_TRACKING_PASSWORD": "secret"}
+    # the credentials, and the MLflow client settings of study/mlflow_env.py (no telemetry, bounded requests)
+    assert context.env == {"MLFLOW_TRACKING_USERNAME": "ada", "MLFLOW_TRACKING_PASSWORD": "secret",
+                           **client_settings()}
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "elsewhere")  # every variable it sets is restored after the test
     monkeypatch.setenv("AACLIP_HOME", "elsewhere")
     context.apply_environment()
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "ada" and os.environ["MLFLOW_TRACKING_URI"] == "http://tracking:5000"
     assert os.environ["AACLIP_HOME"] == str(tmp_path)
+
+
+def test_progress_line_after_ctrl_c_counts_stopped_trials_as_interrupted():
+    trials = [trial("a", "TERMINATED", **{"trial/completed": 1.0}), trial("b", "TERMINATED"), trial("c", "TERMINATED")]
+    line = progress_line("s", trials, "val/pixel_auroc", "max", {}, interrupted=["b", "c"])
+    assert "1 done, 0 pruned/stopped" in line and "2 interrupted" in line

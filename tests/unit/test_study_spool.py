@@ -1,0 +1,116 @@
+"""Tracking writes survive a server that is away: spooled to disk in order, replayed once, nothing twice.
+
+Real MLflow on both sides: "away" is an HTTP tracking URI on a loopback port where nothing listens
+(connection refused, as for a stopped server), "back" is a real SQLite tracking store.
+"""
+from __future__ import annotations
+
+import socket
+
+import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from aaclip.config import flatten, load_config
+from study.spool import Spool, Tracker, batch_op
+from study.tracking import TrialRun
+
+
+class Switchable:
+    """Where the tracking server is: away (nothing listens) until `back()`."""
+
+    def __init__(self, store: str):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.away = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        self.store = store
+        self.uri = self.away
+
+    def back(self) -> None:
+        self.uri = self.store
+
+    def __call__(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.uri)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One real SQLite store for the module (creating one costs seconds); every test uses runs of its own."""
+    folder = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast: the retries are the Tracker's
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.create_experiment("spool", artifact_location=str(folder / "artifacts"))
+        yield uri, client, experiment
+
+
+def test_writes_spool_while_away_and_replay_in_order_once(store, tmp_path):
+    uri, client, experiment = store
+    run_id = client.create_run(experiment).info.run_id
+    target = Switchable(uri)
+    tracker = Tracker(target, Spool(tmp_path / "spool"), wait_s=5.0, warn=lambda line: None)
+    artifact = tmp_path / "plot.png"
+    artifact.write_bytes(b"png")
+    for step in (1, 2):
+        tracker.write(batch_op(run_id, metrics=[Metric("loss", 1.0 / step, 1000 + step, step)]))
+    tracker.write(batch_op(run_id, params={"lr": "0.1"}, tags={"aaclip.last_epoch": "2"}))
+    tracker.write({"op": "log_artifact", "run_id": run_id, "file": str(artifact), "folder": None})
+    artifact.unlink()  # a scratch folder removed before the server came back: the spool kept a copy
+    tracker.write({"op": "terminate", "run_id": run_id, "status": "FINISHED"})
+    assert len((tmp_path / "spool" / "ops.jsonl").read_text().splitlines()) == 5
+    assert client.get_run(run_id).info.status == "RUNNING"  # nothing reached the store yet
+
+    target.back()
+    assert tracker.drain()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
+    assert run.data.tags["aaclip.last_epoch"] == "2"
+    assert [(p.step, p.value) for p in client.get_metric_history(run_id, "loss")] == [(1, 1.0), (2, 0.5)]
+    assert [item.path for item in client.list_artifacts(run_id)] == ["plot.png"]
+    assert not Spool(tmp_path / "spool").pending()
+
+    # A replay of the same records (a spool left by a worker killed after sending) adds nothing.
+    again = Spool(tmp_path / "again")
+    again.add(batch_op(run_id, metrics=[Metric("loss", 0.5, 1002, 2)]))
+    again.replay(client)
+    assert [p.step for p in client.get_metric_history(run_id, "loss")] == [1, 2]
+
+
+def test_client_errors_are_raised_not_spooled(store, tmp_path):
+    uri, client, experiment = store
+    tracker = Tracker(lambda: MlflowClient(tracking_uri=uri), Spool(tmp_path / "spool"), wait_s=1.0)
+    with pytest.raises(Exception, match="(?i)run"):
+        tracker.write(batch_op("no-such-run", params={"lr": "0.1"}))
+    assert not Spool(tmp_path / "spool").pending()
+
+
+def test_reopened_run_logs_missing_params_and_redoes_an_unmarked_epoch(store, tmp_path):
+    uri, client, experiment = store
+    config = load_config("tiny")
+    tracker = Tracker(lambda: MlflowClient(tracking_uri=uri), Spool(tmp_path / "spool"), wait_s=1.0)
+    tags = {"aaclip.role": "trial", "aaclip.study": "s", "aaclip.trial_id": "t1", "mlflow.parentRunId": "p"}
+    run_id = client.create_run(experiment, tags=tags).info.run_id  # a first attempt died before its params
+    client.log_metric(run_id, "epoch", 1.0, step=1)  # ...and after epoch 1's metrics, before its marker
+
+    run = TrialRun.open(tracker, experiment_id=experiment, parent_run_id="p", study="s", trial_id="t1",
+                        trial_name="s-001", config=config, baseline=False)
+    assert run.run_id == run_id, "the same run is reopened"
+    assert set(flatten(config.to_dict())) <= set(client.get_run(run_id).data.params)
+    assert (run.last_epoch, run.metrics_through) == (0, 1)
+    assert run.log_epoch({"epoch": 1.0, "train/loss": 0.3})  # its evaluation logging is still to do...
+    assert [p.step for p in client.get_metric_history(run_id, "epoch")] == [1]  # ...but not its metrics
+    run.mark_epoch(1)
+    assert not run.log_epoch({"epoch": 1.0})
+    assert client.get_run(run_id).data.tags["aaclip.last_epoch"] == "1"
+
+
+def test_a_line_torn_by_a_killed_writer_is_skipped(store, tmp_path):
+    uri, client, experiment = store
+    run_id = client.create_run(experiment).info.run_id
+    spool = Spool(tmp_path / "spool")
+    spool.add(batch_op(run_id, tags={"kept": "yes"}))
+    with open(spool.ops_file, "a") as handle:
+        handle.write('{"op": "log_batch", "run_id": "')  # SIGKILL in the middle of a write
+    spool.replay(client)
+    assert client.get_run(run_id).data.tags["kept"] == "yes" and not spool.pending()
