@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +21,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from aaclip.home import aaclip_home
 from study.callbacks import OutcomeRecorder, Progress
+from study.confirm import confirm_study
 from study.errors import StudyError
 from study.guard import GradientGuard
 from study.searcher import INDEX_KEY, BaselineFirst, StudyOptunaSearch, is_baseline
@@ -237,7 +238,8 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
         echo(f"study {study.name}: MLflow runs at {runs_link(uri, experiment_id)}")
         echo(f"  searcher: optuna-dashboard {optuna_storage_url(study)}")
         context = TrialContext.from_driver(study, uri, experiment_id, parent_run_id, aaclip_home())
-        return _execute(make_tuner(study, context, root), study, context, experiment_path, echo)
+        result = _execute(make_tuner(study, context, root), study, context, experiment_path, echo)
+        return _with_confirmation(result, study, context, root, echo)
     finally:
         if started:
             ray.shutdown()
@@ -294,6 +296,12 @@ def _execute(tuner: tune.Tuner, study: Study, context: TrialContext, experiment_
                     experiment_path, len(results), len(results.errors))
 
 
+def _with_confirmation(result: StudyRun, study: Study, context: TrialContext, root: str, echo: Echo) -> StudyRun:
+    """The search's result, with the confirmation phase (study/confirm.py) run or continued after it."""
+    trials, errors = confirm_study(study, context, root, echo)
+    return replace(result, trials=result.trials + trials, errors=result.errors + errors)
+
+
 def study_from_parent(client, parent) -> Study:
     """The study exactly as launched: its spec and resolved base, as logged to the parent run."""
     with tempfile.TemporaryDirectory() as folder:
@@ -323,7 +331,8 @@ def resume_study(name: str, *, address: str | None = None, tracking_uri: str | N
         echo(f"study {name}: resuming from {experiment_path}; runs at {runs_link(uri, experiment_id)}")
         tuner = tune.Tuner.restore(experiment_path, trainable=make_trainable(study, context),
                                    resume_unfinished=True, resume_errored=False)
-        return _execute(tuner, study, context, experiment_path, echo)
+        result = _execute(tuner, study, context, experiment_path, echo)
+        return _with_confirmation(result, study, context, experiment_path.rsplit("/", 1)[0], echo)
     finally:
         if started:
             ray.shutdown()

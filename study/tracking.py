@@ -91,8 +91,14 @@ def trial_runs(client: MlflowClient, parent) -> list[Any]:
     return _search(client, [parent.info.experiment_id], {ROLE: "trial", STUDY: parent.data.tags[STUDY]})
 
 
+def runs_with_role(client: MlflowClient, parent, role: str) -> list[Any]:
+    """The study's child runs of one role (trial; confirm, twin or base for the confirmation), oldest first."""
+    return _search(client, [parent.info.experiment_id], {ROLE: role, STUDY: parent.data.tags[STUDY]})
+
+
 def find_trial_run(client: MlflowClient, experiment_id: str, study: str, trial_id: str):
-    runs = _search(client, [experiment_id], {ROLE: "trial", STUDY: study, TRIAL_ID: trial_id})
+    """The child run of a Ray trial, whatever its role (search trials and confirmation runs alike)."""
+    runs = _search(client, [experiment_id], {STUDY: study, TRIAL_ID: trial_id})
     return runs[0] if runs else None
 
 
@@ -122,11 +128,12 @@ class TrialRun:
 
     @classmethod
     def open(cls, client: MlflowClient, *, experiment_id: str, parent_run_id: str, study: str,
-             trial_id: str, trial_name: str, config: TrainConfig, baseline: bool) -> TrialRun:
+             trial_id: str, trial_name: str, config: TrainConfig, baseline: bool, role: str = "trial",
+             tags: dict[str, str] | None = None) -> TrialRun:
         run = find_trial_run(client, experiment_id, study, trial_id)
         if run is None:
-            tags = {ROLE: "trial", STUDY: study, TRIAL_ID: trial_id, PARENT: parent_run_id,
-                    "aaclip.baseline": str(baseline).lower()}
+            tags = {ROLE: role, STUDY: study, TRIAL_ID: trial_id, PARENT: parent_run_id,
+                    "aaclip.baseline": str(baseline).lower(), **(tags or {})}
             run = client.create_run(experiment_id, run_name=trial_name, tags=tags)
             log_params(client, run.info.run_id, flatten(config.to_dict()))
             client.log_text(run.info.run_id, config.to_yaml(), "config.yaml")

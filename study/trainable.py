@@ -63,17 +63,21 @@ def trial_config(study: Study, config: dict[str, Any]) -> TrainConfig:
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune function trainable (wrapped with tune.with_parameters(run_trial, context=...))."""
+    context.apply_environment()
+    tags = {"aaclip.optuna_trial": str(config[OPTUNA_KEY])} if OPTUNA_KEY in config else {}
+    train_and_report(context, trial_config(context.study, config), baseline=is_baseline(config), tags=tags)
+
+
+def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseline: bool, role: str = "trial",
+                     tags: dict[str, str] | None = None) -> None:
+    """Train one configuration inside a Tune trial, logged to its (re)opened MLflow child run of `role`."""
     from aaclip.train import fit  # imported in the trial process only: torch and open_clip are slow to import
 
-    context.apply_environment()
-    train_config = trial_config(context.study, config)
     tune_context = ray.tune.get_context()
     run = TrialRun.open(tracking_client(context.tracking_uri), experiment_id=context.experiment_id,
                         parent_run_id=context.parent_run_id, study=context.study.name,
                         trial_id=tune_context.get_trial_id(), trial_name=tune_context.get_trial_name(),
-                        config=train_config, baseline=is_baseline(config))
-    if OPTUNA_KEY in config:
-        run.set_tags({"aaclip.optuna_trial": config[OPTUNA_KEY]})
+                        config=train_config, baseline=baseline, role=role, tags=tags)
     # Under AACLIP_HOME, not /tmp: a worker killed mid-trial leaves its scratch where the project's state lives.
     scratch = Path(context.aaclip_home) / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)

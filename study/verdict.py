@@ -55,7 +55,7 @@ def t_interval(values: list[float], confidence: float = CONFIDENCE) -> Estimate:
     if n < 2:
         return Estimate(n, mean, None, None)
     deviation = math.sqrt(sum((value - mean) ** 2 for value in values) / (n - 1))
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * deviation / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * deviation / math.sqrt(n)
     return Estimate(n, mean, mean - half, mean + half)
 
 
