@@ -95,19 +95,27 @@ def export(name: str = typer.Argument(...),
     from study.export import export_trial
 
     provenance = export_trial(_client(tracking_uri), name, output, trial)
-    echo(f"wrote {output}: trial {provenance['trial']} ({provenance['metric']} = {provenance['value']}); "
+    confirmed = provenance.get("confirmed")
+    value = (f"confirmed mean {confirmed['mean']:.4g} over {confirmed['n']} fresh seeds" if confirmed
+             else f"{provenance['metric']} = {_rounded(provenance['value'])}")
+    echo(f"wrote {output}: trial {provenance['trial']} ({value}); selected as {provenance['selection']}; "
          f"retrain with `aaclip train {output}`")
+
+
+def _rounded(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @app.command()
 def report(name: str = typer.Argument(...),
            output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder (default ./<name>-report)."),
            tracking_uri: Optional[str] = TrackingOption) -> None:
-    """Optimisation history, parameter importances, parallel coordinates, best vs baseline per class."""
+    """The objective against scale, loops and learning rates (every trial), the confirmed table, importances."""
     from study.report import write_report
 
     index = write_report(_client(tracking_uri), name, output or Path(f"{name}-report"))
-    echo(f"wrote {index} (and its PNG files); also logged to the study's parent run under report/")
+    echo(f"wrote {index} (self-contained; its figures also as PNG files); also logged to the study's parent run "
+         "under report/")
 
 
 @app.command()

@@ -1,26 +1,24 @@
 """The verdict of a confirmation: t-intervals, paired differences, missing pairs, and which configuration wins.
 
-Runs are MLflow's own entity objects, built with the tags and metrics the confirmation trials log.
+Runs are MLflow's own entity objects (tests/unit/mlflow_runs.py) with the tags and metrics confirmation runs log.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 from scipy import stats
 
 from study.verdict import compute_verdict, reading, t_interval
+from tests.unit.mlflow_runs import make_run
 
 METRIC = "val/pixel_auroc"
 
 
-def run(role: str, rank: int, seed: int, value: float | None, outcome: str = "completed", lr: str = "0.001") -> Run:
+def run(role: str, rank: int, seed: int, value: float | None, outcome: str = "completed", lr: str = "0.001"):
     tags = {"aaclip.role": role, "aaclip.confirm_rank": str(rank), "aaclip.confirm_seed": str(seed),
             "aaclip.confirm_source": f"s-{rank:03d}", "aaclip.outcome": outcome}
-    metrics = [Metric(METRIC, value, 0, 1)] if value is not None else []
-    info = RunInfo(f"{role}{rank}{seed}", "0", "", "FINISHED", 0, 1, "active", run_name=f"{role}-{rank}-{seed}")
-    return Run(info, RunData(metrics=metrics, params=[Param("optim.image_lr", lr)],
-                             tags=[RunTag(key, value) for key, value in tags.items()]))
+    metrics = {METRIC: value} if value is not None else {}
+    return make_run(f"{role}-{rank}-{seed}", tags, metrics, {"optim.image_lr": lr})
 
 
 def test_t_interval_matches_scipy():
