@@ -48,11 +48,16 @@ def run(spec: str = typer.Argument(..., help="A study spec file, or a shipped sp
         tracking_uri: Optional[str] = TrackingOption,
         storage: Optional[str] = typer.Option(None, "--storage", help="Ray results: path or s3:// URI."),
         num_samples: Optional[int] = typer.Option(None, "--num-samples", min=1, help="Searched trials."),
-        smoke_test: bool = typer.Option(False, "--smoke-test", help="2 trials, 1 loop: check the wiring.")) -> None:
+        smoke_test: bool = typer.Option(False, "--smoke-test", help="2 trials, 1 loop: check the wiring."),
+        confirm_top_k: Optional[int] = typer.Option(None, "--confirm-top-k", min=0,
+                                                    help="Configurations to confirm on fresh seeds after the "
+                                                         "search (default: the spec's confirm.top_k; 0: none).")
+        ) -> None:
     """Launch a study; prints where to watch it in MLflow."""
     from study.spec import load_study
 
-    study = load_study(spec, name=name, num_samples=num_samples, smoke_test=smoke_test)  # before anything starts
+    study = load_study(spec, name=name, num_samples=num_samples, smoke_test=smoke_test,  # before anything starts
+                       confirm_top_k=confirm_top_k)
     from study.launch import run_study
 
     result = run_study(study, address=address, tracking_uri=tracking_uri, storage=storage, echo=echo)

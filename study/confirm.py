@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from mlflow.entities import Metric
 from ray import tune
 
 from aaclip.config import apply_overrides, read_yaml, validate_config
@@ -27,7 +29,7 @@ from study.guard import GradientGuard
 from study.spec import Study
 from study.tracking import tracking_client, trial_runs
 from study.trainable import TrialContext, train_and_report
-from study.verdict import RANK, SEED, SOURCE, format_verdict, ranked_search_trials, study_verdict
+from study.verdict import RANK, SEED, SOURCE, Verdict, format_verdict, ranked_search_trials, study_verdict
 
 Echo = Callable[..., None]
 JOB_KEY = "study/confirm_job"  # the Tune config of a confirmation trial: its index in the plan
@@ -53,6 +55,8 @@ def top_configurations(client, runs: list, study: Study) -> list[tuple[Any, dict
     seen: set[str] = set()
     for run in ranked_search_trials(runs, objective.metric, objective.mode):
         data = _run_config(client, run)
+        if not data["cross_attention"]["enabled"]:
+            continue  # a space that switches cross-attention off: such a configuration is its own twin
         key = json.dumps({**data, "seed": None}, sort_keys=True)
         if key not in seen:
             seen.add(key)
@@ -182,10 +186,26 @@ def confirm_study(study: Study, context: TrialContext, storage: str, echo: Echo 
         raise
     verdict = study_verdict(client, client.get_run(parent.info.run_id))
     if verdict is not None:
-        client.log_text(parent.info.run_id, json.dumps(verdict.to_dict(), indent=2), "confirm/verdict.json")
+        log_verdict(client, parent.info.run_id, verdict)
         echo(format_verdict(verdict))
     client.set_terminated(parent.info.run_id, status="FINISHED")
+    echo(f"study {study.name}: confirmation finished; next: aaclip-study status {study.name} | aaclip-study "
+         f"export {study.name} -o best.yaml (the best confirmed mean) | aaclip-study report {study.name}")
     return len(results), len(results.errors)
+
+
+def log_verdict(client, run_id: str, verdict: Verdict) -> None:
+    """The verdict on the parent run: whole as confirm/verdict.json, the headline numbers as metrics."""
+    client.log_text(run_id, json.dumps(verdict.to_dict(), indent=2), "confirm/verdict.json")
+    values = {"confirm/base_mean": verdict.base.mean}
+    for row in verdict.rows:
+        values |= {f"confirm/r{row.rank}_mean": row.on.mean, f"confirm/r{row.rank}_matched_off_mean": row.twin.mean,
+                   f"confirm/r{row.rank}_on_minus_off": row.difference.mean}
+    best = verdict.best()
+    if best is not None:
+        values["confirm/best_mean"] = best.on.mean
+    metrics = [Metric(key, value, int(time.time() * 1000), 0) for key, value in values.items() if value is not None]
+    client.log_batch(run_id, metrics=metrics)
 
 
 def _logged_plan(client, parent) -> list[dict[str, Any]]:

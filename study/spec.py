@@ -178,7 +178,7 @@ def resolve_spec_path(name_or_path: str | Path) -> Path:
 
 
 def load_study(name_or_path: str | Path, *, name: str | None = None, num_samples: int | None = None,
-               smoke_test: bool = False) -> Study:
+               smoke_test: bool = False, confirm_top_k: int | None = None) -> Study:
     path = resolve_spec_path(name_or_path)
     try:
         data = read_yaml(path)
@@ -190,6 +190,8 @@ def load_study(name_or_path: str | Path, *, name: str | None = None, num_samples
         data["name"] = name
     if num_samples:
         data.setdefault("trials", {})["num_samples"] = num_samples
+    if confirm_top_k is not None:
+        data["confirm"] = {**(data.get("confirm") or {}), "top_k": confirm_top_k}
     return parse_study(data, source=str(path), base_dir=path.parent)
 
 

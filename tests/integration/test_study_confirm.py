@@ -122,3 +122,6 @@ def check_verdict(client: MlflowClient, parent, runs: list, folder: Path) -> Non
                                                        str(folder))).read_text())
     assert logged["rows"][0]["difference"]["mean"] == pytest.approx(expected["difference"][0])
     assert logged["base"]["high"] == pytest.approx(expected["base"][2])
+    summary = client.get_run(parent.info.run_id).data.metrics
+    assert summary["confirm/r1_on_minus_off"] == pytest.approx(expected["difference"][0])
+    assert summary["confirm/base_mean"] == pytest.approx(expected["base"][0])

@@ -149,3 +149,4 @@ def test_confirmation_is_off_unless_asked_and_smoke_sized_by_smoke_test():
     assert parse_study(spec_with(), source="spec.yaml").spec.confirm.top_k == 0
     study = load_study("smoke", smoke_test=True)
     assert (study.spec.confirm.top_k, study.spec.confirm.seeds) == (1, 2)
+    assert load_study("smoke", confirm_top_k=0).spec.confirm.top_k == 0  # --confirm-top-k 0: the search only
