@@ -175,8 +175,8 @@ def confirm_study(study: Study, context: TrialContext, storage: str, echo: Echo 
         client.set_tag(parent.info.run_id, PATH_TAG, path)
     ranks, seeds = max(job["rank"] for job in jobs), sorted({job["seed"] for job in jobs})
     echo(f"study {study.name}: {'continuing' if restoring else 'starting'} the confirmation of the top {ranks} "
-         f"configurations on fresh seeds {', '.join(map(str, seeds))} ({len(jobs)} runs, each beside its "
-         "cross-attention-off twin, plus the base model)")
+         f"configurations on fresh seeds {', '.join(map(str, seeds))} ({len(jobs)} runs: each configuration "
+         "and its cross-attention-off twin on every seed, and the base model)")
     tuner = make_confirm_tuner(study, context, jobs, storage, restore_path=path if restoring else None)
     client.update_run(parent.info.run_id, status="RUNNING")
     try:

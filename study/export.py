@@ -58,7 +58,9 @@ def _choose(client, parent, runs: list, metric: str, mode: str, trial: str | Non
     if best is None:
         return choose_trial(runs, metric, mode), {"selection": UNCONFIRMED}
     run = choose_trial(runs, metric, mode, best.source)
-    return run, {"selection": f"the best confirmed mean over seeds {verdict.seeds} (search rank {best.rank})",
+    selection = (f"the best confirmed mean over seeds {verdict.seeds} (search rank {best.rank}; "
+                 f"{verdict.finished} of {verdict.planned} confirmation runs finished)")
+    return run, {"selection": selection,
                  "confirmed": {"mean": best.on.mean, "interval_95": [best.on.low, best.on.high], "n": best.on.n,
                                "matched_off_mean": best.twin.mean,
                                "on_minus_off": best.difference.mean,

@@ -32,6 +32,16 @@ def _number(value: Any, digits: int = 2) -> str:
     return escape(str(value))
 
 
+def _param_cell(params: dict[str, Any], key: str, baseline: bool = False) -> str:
+    """A param as the table shows it: scales of a run without cross-attention are 'off', a learnable scale's
+    value is where it starts."""
+    if baseline and key.startswith("cross_attention."):
+        return _cell("off")
+    if key.endswith("_scale.init") and params.get(key.replace(".init", ".learnable")) is True:
+        return _cell(f"learns from {_number(params.get(key))}")
+    return _cell(_number(params.get(key)))
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{escape(cell)}</th>" for cell in header)
     body = "".join("<tr>" + "".join(rows_cell for rows_cell in row) + "</tr>" for row in rows)
@@ -108,7 +118,7 @@ class ReportPage:
         header = ["rank", "from trial", *[title for _, title in PARAM_COLUMNS], "seeds",
                   "on: mean [95% CI]", "matched off", "on - off (paired)", "reading"]
         rows = [[_cell(str(row.rank)), _cell(escape(row.source)),
-                 *[_cell(_number(self.source_param(row.source, key))) for key, _ in PARAM_COLUMNS],
+                 *[_param_cell(self.source_params(row.source), key) for key, _ in PARAM_COLUMNS],
                  _cell(str(row.on.n), "num"), _cell(row.on.show(), "num"), _cell(row.twin.show(), "num"),
                  _cell(row.difference.show(), "num"), _cell(escape(reading(row.difference, verdict.mode)))]
                 for row in verdict.rows]
@@ -119,9 +129,9 @@ class ReportPage:
         self.image("confirmed")
         self.parts.append(self.per_seed_table(verdict))
 
-    def source_param(self, source: str, key: str) -> Any:
+    def source_params(self, source: str) -> dict[str, Any]:
         point = next((p for p in self.points if p.name == source), None)
-        return point.params.get(key) if point is not None else None
+        return point.params if point is not None else {}
 
     def per_seed_table(self, verdict: Verdict) -> str:
         header = ["rank", "seed", "on", "matched off", "on - off"]
@@ -152,7 +162,7 @@ class ReportPage:
             outcome = "baseline" if point.baseline else point.outcome
             rows.append([_cell(escape(point.name)), _cell(escape(outcome), point.outcome),
                          _cell(_number(point.loop), "num"), _cell(_number(point.value), "num"),
-                         *[_cell(_number(point.params.get(key))) for key, _ in PARAM_COLUMNS]])
+                         *[_param_cell(point.params, key, point.baseline) for key, _ in PARAM_COLUMNS]])
         self.parts.append("<h2>All trials with a value</h2>" + _table(header, rows))
 
     def class_table(self) -> None:

@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 from study.verdict import Verdict  # noqa: E402
 
@@ -79,6 +80,12 @@ def _baseline_line(axes, baseline: float | None) -> None:
         axes.axhline(baseline, color=BASELINE_COLOUR, linestyle="--", linewidth=1.2)
 
 
+def _log_axis(axes) -> None:
+    """A log x axis with labels at the decades only (minor labels overlap on a narrow panel)."""
+    axes.set_xscale("log")
+    axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -95,7 +102,7 @@ def scale_figure(points: list[TrialPoint], metric: str, baseline: float | None) 
         axes = grid[row][0]
         _scatter(axes, fixed, [p.params[f"{prefix}.init"] for p in fixed])
         if fixed and min(p.params[f"{prefix}.init"] for p in fixed) > 0:
-            axes.set_xscale("log")
+            _log_axis(axes)
         axes.set_xlabel(f"{direction} scale (fixed): value")
         settings = {(p.params.get(f"{prefix}.learnable"), p.params.get(f"{prefix}.init")) for p in searched}
         if len(settings) == 1:
@@ -130,7 +137,7 @@ def knobs_figure(points: list[TrialPoint], metric: str, baseline: float | None) 
         drawn = [p for p in searched if _number(p.params.get(key)) is not None]
         _scatter(axes, drawn, [p.params[key] for p in drawn])
         if log and drawn and min(p.params[key] for p in drawn) > 0:
-            axes.set_xscale("log")
+            _log_axis(axes)
         if key == "feedback.loops":
             axes.set_xticks(sorted({p.params[key] for p in drawn}) or [1])
         axes.set_xlabel(title)

@@ -51,6 +51,7 @@ def test_report_is_self_contained_and_shows_every_trial_and_the_verdict(tmp_path
         path.name for path in tmp_path.glob("*.png")}
     for name in ("demo-baseline", "demo-001", "demo-002", "demo-003"):  # every trial with a value, by run name
         assert f"<td>{name}</td>" in page
+    assert "<td>off</td>" in page and "learns from 0.10" in page  # the baseline has no scale; 002 learns its own
     assert "<td class='pruned'>pruned</td>" in page and "demo-004" not in page.split("All trials")[1]
     assert "88.00 [" in page  # the confirmed mean of rank 1 with its interval
     difference = verdict.rows[0].difference

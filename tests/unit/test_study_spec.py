@@ -36,7 +36,7 @@ def refused(data: dict) -> str:
 def test_smoke_spec_loads_with_its_shipped_defaults():
     study = load_study("smoke")
     assert study.name == "smoke"
-    assert study.num_samples() == 8
+    assert study.num_samples() == 6
     assert study.base_config.model.name == "aaclip-tiny"
     assert study.baseline_config().cross_attention.enabled is False
 
