@@ -25,7 +25,7 @@ from study.report_plots import (
 from study.space import Parameter, SearchSpace
 from study.status import param_value
 from study.tracking import require_parent_run, trial_runs
-from study.verdict import Verdict, study_verdict
+from study.verdict import Verdict, final_value, ranked_search_trials, study_verdict
 
 STATES = {"completed": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
           "stopped": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}
@@ -107,13 +107,11 @@ def class_table(best, baseline) -> list[tuple[str, str, float | None, float | No
 
 
 def best_and_baseline(runs: list, metric: str, mode: str):
-    sign = 1.0 if mode == "max" else -1.0
-    completed = [run for run in runs if run.data.tags.get("aaclip.outcome") == "completed"
-                 and math.isfinite(run.data.metrics.get(metric, math.nan))]
-    searched = [run for run in completed if run.data.tags.get("aaclip.baseline") != "true"]
-    best = max(searched, key=lambda run: sign * run.data.metrics[metric]) if searched else None
-    baseline = next((run for run in completed if run.data.tags.get("aaclip.baseline") == "true"), None)
-    return best, baseline
+    """The best completed searched run and the completed baseline run (each None if there is none)."""
+    ranked = ranked_search_trials(runs, metric, mode)
+    baseline = next((run for run in runs if run.data.tags.get("aaclip.baseline") == "true"
+                     and final_value(run, metric) is not None), None)
+    return (ranked[0] if ranked else None), baseline
 
 
 def trial_points(runs: list, metric: str, study_name: str) -> list[TrialPoint]:
