@@ -48,11 +48,16 @@ def run(spec: str = typer.Argument(..., help="A study spec file, or a shipped sp
         tracking_uri: Optional[str] = TrackingOption,
         storage: Optional[str] = typer.Option(None, "--storage", help="Ray results: path or s3:// URI."),
         num_samples: Optional[int] = typer.Option(None, "--num-samples", min=1, help="Searched trials."),
-        smoke_test: bool = typer.Option(False, "--smoke-test", help="2 trials, 1 loop: check the wiring.")) -> None:
+        smoke_test: bool = typer.Option(False, "--smoke-test", help="2 trials, 1 loop: check the wiring."),
+        confirm_top_k: Optional[int] = typer.Option(None, "--confirm-top-k", min=0,
+                                                    help="Configurations to confirm on fresh seeds after the "
+                                                         "search (default: the spec's confirm.top_k; 0: none).")
+        ) -> None:
     """Launch a study; prints where to watch it in MLflow."""
     from study.spec import load_study
 
-    study = load_study(spec, name=name, num_samples=num_samples, smoke_test=smoke_test)  # before anything starts
+    study = load_study(spec, name=name, num_samples=num_samples, smoke_test=smoke_test,  # before anything starts
+                       confirm_top_k=confirm_top_k)
     from study.launch import run_study
 
     result = run_study(study, address=address, tracking_uri=tracking_uri, storage=storage, echo=echo)
@@ -96,21 +101,29 @@ def export(name: str = typer.Argument(...),
 
     check_output(output)  # before a server is started or asked
     provenance = export_trial(_client(tracking_uri), name, output, trial)
-    echo(f"wrote {output}: trial {provenance['trial']} ({provenance['metric']} = {provenance['value']}); "
+    confirmed = provenance.get("confirmed")
+    value = (f"confirmed mean {confirmed['mean']:.4g} over {confirmed['n']} fresh seeds" if confirmed
+             else f"{provenance['metric']} = {_rounded(provenance['value'])}")
+    echo(f"wrote {output}: trial {provenance['trial']} ({value}); selected as {provenance['selection']}; "
          f"retrain with `aaclip train {output}`")
+
+
+def _rounded(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @app.command()
 def report(name: str = typer.Argument(...),
            output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder (default ./<name>-report)."),
            tracking_uri: Optional[str] = TrackingOption) -> None:
-    """Optimisation history, parameter importances, parallel coordinates, best vs baseline per class."""
+    """The objective against scale, loops and learning rates (every trial), the confirmed table, importances."""
     from study.report import check_report_folder, write_report
 
     folder = output or Path(f"{name}-report")
     check_report_folder(folder)  # before a server is started or asked
     index = write_report(_client(tracking_uri), name, folder)
-    echo(f"wrote {index} (and its PNG files); also logged to the study's parent run under report/")
+    echo(f"wrote {index} (self-contained; its figures also as PNG files); also logged to the study's parent run "
+         "under report/")
 
 
 @app.command()

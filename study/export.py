@@ -1,8 +1,9 @@
-"""`aaclip-study export NAME -o FILE`: the winning trial as a complete TrainConfig YAML (DESIGN §5).
+"""`aaclip-study export NAME -o FILE`: the winning trial as a complete TrainConfig YAML (DESIGN §5, §9).
 
-The trial is chosen from MLflow (the source of truth) among trials that ran their whole schedule, so that
-`aaclip train FILE` repeats exactly the run that earned the value. The file carries its provenance; aaclip's
-config loader ignores that section.
+The winner is read from MLflow (the source of truth). With a confirmation phase, it is the configuration with
+the best confirmed mean over fresh seeds (study/verdict.py), exported as the search trial it came from; without
+one, the best search trial that ran its whole schedule (one seed: the provenance says so). `aaclip train FILE`
+repeats exactly the exported trial's run. The file carries its provenance; aaclip's config loader ignores it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from aaclip.config import read_yaml, validate_config
 from aaclip.outputs import write_text_atomically
 from study.errors import StudyError
 from study.tracking import STUDY, TRIAL_ID, require_parent_run, trial_runs
+from study.verdict import study_verdict
+
+UNCONFIRMED = ("the search's best single-seed trial: this study has no finished confirmation (spec `confirm:`), "
+               "so the value is one seed's")
 
 
 def package_version() -> str:
@@ -44,12 +49,32 @@ def choose_trial(runs: list, metric: str, mode: str, trial: str | None = None):
     return max(completed, key=lambda run: sign * run.data.metrics[metric])
 
 
+def _choose(client, parent, runs: list, metric: str, mode: str, trial: str | None) -> tuple[Any, dict[str, Any]]:
+    """The trial to export and how it was selected (for the provenance)."""
+    if trial:
+        return choose_trial(runs, metric, mode, trial), {"selection": "chosen with --trial"}
+    verdict = study_verdict(client, parent)
+    best = verdict.best() if verdict is not None else None
+    if best is None:
+        return choose_trial(runs, metric, mode), {"selection": UNCONFIRMED}
+    run = choose_trial(runs, metric, mode, best.source)
+    selection = (f"the best confirmed mean over seeds {verdict.seeds} (search rank {best.rank}; "
+                 f"{verdict.finished} of {verdict.planned} confirmation runs finished)")
+    return run, {"selection": selection,
+                 "confirmed": {"mean": best.on.mean, "interval_95": [best.on.low, best.on.high], "n": best.on.n,
+                               "matched_off_mean": best.twin.mean,
+                               "on_minus_off": best.difference.mean,
+                               "on_minus_off_interval_95": [best.difference.low, best.difference.high],
+                               "base_mean": verdict.base.mean}}
+
+
 def export_trial(client, name: str, output: Path, trial: str | None = None) -> dict[str, Any]:
     """Write the chosen trial's config with provenance to `output`; returns the provenance."""
     check_output(output)
     parent = require_parent_run(client, name)
     metric, mode = parent.data.tags["aaclip.objective"], parent.data.tags["aaclip.mode"]
-    run = choose_trial(trial_runs(client, parent), metric, mode, trial)
+    runs = trial_runs(client, parent)
+    run, selection = _choose(client, parent, runs, metric, mode, trial)
     with tempfile.TemporaryDirectory() as folder:
         config_file = Path(client.download_artifacts(run.info.run_id, "config.yaml", folder))
         data = read_yaml(config_file)
@@ -58,6 +83,7 @@ def export_trial(client, name: str, output: Path, trial: str | None = None) -> d
         "study": parent.data.tags[STUDY], "trial": run.info.run_name, "trial_id": run.data.tags.get(TRIAL_ID),
         "mlflow_run_id": run.info.run_id, "tracking_uri": client.tracking_uri, "metric": metric,
         "value": run.data.metrics.get(metric), "baseline": run.data.tags.get("aaclip.baseline") == "true",
+        **selection,
         "package_version": package_version(), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_text_atomically(output, yaml.safe_dump({**data, "provenance": provenance}, sort_keys=False))

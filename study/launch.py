@@ -11,7 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +25,7 @@ from ray.tune.search import ConcurrencyLimiter
 from aaclip.home import aaclip_home
 from study.asha_state import reported_history, restore_rungs
 from study.callbacks import Heartbeat, OutcomeRecorder, Progress
+from study.confirm import confirm_study
 from study.errors import StudyError
 from study.guard import GradientGuard
 from study.interrupt import Interruption, StudyInterrupted
@@ -275,7 +276,8 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
             raise
         echo(f"study {study.name}: MLflow runs at {runs_link(uri, experiment_id)}")
         echo(f"  searcher: optuna-dashboard {optuna_storage_url(study)}")
-        return _execute(tuner, study, context, experiment_path, echo)
+        result = _execute(tuner, study, context, experiment_path, echo)
+        return _with_confirmation(result, study, context, root, echo)
     finally:
         if started:
             ray.shutdown()
@@ -366,6 +368,12 @@ def _close_parent(tracker, context: TrialContext, status: str, driver_state: str
     tracker.drain(wait_s)
 
 
+def _with_confirmation(result: StudyRun, study: Study, context: TrialContext, root: str, echo: Echo) -> StudyRun:
+    """The search's result, with the confirmation phase (study/confirm.py) run or continued after it."""
+    trials, errors = confirm_study(study, context, root, echo)
+    return replace(result, trials=result.trials + trials, errors=result.errors + errors)
+
+
 def study_from_parent(client, parent) -> Study:
     """The study exactly as launched: its spec and resolved base, as logged to the parent run."""
     with tempfile.TemporaryDirectory() as folder:
@@ -415,7 +423,8 @@ def resume_study(name: str, *, address: str | None = None, tracking_uri: str | N
         tuner = tune.Tuner.restore(experiment_path, trainable=make_trainable(study, context),
                                    resume_unfinished=True, resume_errored=False)
         _restore_driver_state(tuner, study, context, client, parent, echo)
-        return _execute(tuner, study, context, experiment_path, echo)
+        result = _execute(tuner, study, context, experiment_path, echo)
+        return _with_confirmation(result, study, context, experiment_path.rsplit("/", 1)[0], echo)
     finally:
         if started:
             ray.shutdown()

@@ -1,30 +1,33 @@
-"""`aaclip-study report NAME`: a study summary a person can open (DESIGN §5).
+"""`aaclip-study report NAME`: does cross-attention help, at which scale, with which learning rates and loops?
 
-Built from MLflow (every trial's params and curves are there, wherever the study ran): the trials are turned
-back into an in-memory Optuna study so Optuna's own plots do the drawing, then the files (PNG per figure, one
-index.html that shows them with the tables) are written to a folder and logged to the parent run.
+Built from MLflow (the source of truth: every trial's params and metrics are there, wherever the study ran):
+every trial with a value at any rung (pruned ones marked) against the scale mode and value, the loops and the
+learning rates; the confirmed table with intervals and paired differences; Optuna's parameter importances (the
+trials rebuilt into an in-memory Optuna study) when there are enough trials; and what the data cannot tell.
+One self-contained index.html (figures embedded, so it renders inside MLflow's artifact viewer) and the figures
+as PNG files are written to a folder and logged to the parent run under report/.
 """
 from __future__ import annotations
 
-import html
 import math
 import warnings
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
-
-from aaclip.outputs import creatable_folder_problem, write_text_atomically  # noqa: E402
-from study.errors import StudyError  # noqa: E402
-from study.launch import study_from_parent  # noqa: E402
-from study.space import Parameter, SearchSpace  # noqa: E402
-from study.status import param_value  # noqa: E402
-from study.tracking import require_parent_run, trial_runs  # noqa: E402
+from aaclip.outputs import creatable_folder_problem, write_text_atomically
+from study.errors import StudyError
+from study.launch import study_from_parent
+from study.report_html import ReportPage
+from study.report_plots import (
+    TrialPoint, confirmed_figure, encoded, history_figure, knobs_figure, save, scale_figure,
+)
+from study.space import Parameter, SearchSpace
+from study.status import param_value
+from study.tracking import require_parent_run, trial_runs
+from study.verdict import Verdict, final_value, ranked_search_trials, study_verdict
 
 STATES = {"completed": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
           "stopped": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}
@@ -68,28 +71,30 @@ def rebuild_optuna_study(space: SearchSpace, runs: list, metric: str, mode: str)
     return study
 
 
-def optuna_figures(study: optuna.Study, folder: Path) -> dict[str, str]:
-    """name -> PNG file name, or -> why the figure could not be drawn (too few trials, no variation)."""
+MIN_TRIALS_FOR_IMPORTANCES = 5  # fANOVA on fewer completed trials ranks noise
+
+
+def importance_figure(study: optuna.Study) -> tuple[bytes | None, str]:
+    """Optuna's parameter importances, or None and why they are not shown."""
     from optuna.visualization import matplotlib as optuna_plots
 
-    figures: dict[str, str] = {}
-    plots = {"optimization_history": optuna_plots.plot_optimization_history,
-             "param_importances": optuna_plots.plot_param_importances,
-             "parallel_coordinates": optuna_plots.plot_parallel_coordinate}
-    for name, plot in plots.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                axes = plot(study)
-            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-            figure.set_size_inches(9, 5)
-            figure.tight_layout()
-            figure.savefig(folder / f"{name}.png", dpi=100)
-            plt.close(figure)
-            figures[name] = f"{name}.png"
-        except Exception as error:  # noqa: BLE001 - a study too small for a figure still gets the others
-            figures[name] = f"not drawn: {error}"
-    return figures
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(completed) < MIN_TRIALS_FOR_IMPORTANCES:
+        return None, (f"Parameter importances are not shown: they need at least {MIN_TRIALS_FOR_IMPORTANCES} "
+                      f"completed searched trials and this study has {len(completed)}.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            axes = optuna_plots.plot_param_importances(study)
+    except Exception as error:  # noqa: BLE001 - e.g. no parameter varies; the report says so
+        return None, f"Parameter importances could not be computed: {error}"
+    figure = axes.figure
+    figure.set_size_inches(9, 4)
+    figure.tight_layout()
+    note = (f"Importances (fANOVA) from {len(completed)} completed trials: they rank how much of the objective's "
+            "variation each parameter explains across the search, not whether a parameter helps; single-seed "
+            "values carry the seed's noise.")
+    return encoded(figure), note
 
 
 def class_table(best, baseline) -> list[tuple[str, str, float | None, float | None]]:
@@ -103,32 +108,29 @@ def class_table(best, baseline) -> list[tuple[str, str, float | None, float | No
     return rows
 
 
-def class_figure(rows: list, metric_name: str, path: Path) -> bool:
-    chosen = [row for row in rows if row[1] == metric_name]
-    if not chosen:
-        return False
-    figure, axes = plt.subplots(figsize=(max(6, len(chosen) * 0.8), 4))
-    positions = range(len(chosen))
-    axes.bar([p - 0.2 for p in positions], [row[2] for row in chosen], width=0.4, label="best trial")
-    axes.bar([p + 0.2 for p in positions], [row[3] or 0.0 for row in chosen], width=0.4, label="baseline")
-    axes.set_xticks(list(positions), [row[0] for row in chosen], rotation=30, ha="right")
-    axes.set_ylabel(metric_name)
-    axes.set_title(f"Best trial vs baseline per class: {metric_name}")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return True
-
-
 def best_and_baseline(runs: list, metric: str, mode: str):
-    sign = 1.0 if mode == "max" else -1.0
-    completed = [run for run in runs if run.data.tags.get("aaclip.outcome") == "completed"
-                 and math.isfinite(run.data.metrics.get(metric, math.nan))]
-    searched = [run for run in completed if run.data.tags.get("aaclip.baseline") != "true"]
-    best = max(searched, key=lambda run: sign * run.data.metrics[metric]) if searched else None
-    baseline = next((run for run in completed if run.data.tags.get("aaclip.baseline") == "true"), None)
-    return best, baseline
+    """The best completed searched run and the completed baseline run (each None if there is none)."""
+    ranked = ranked_search_trials(runs, metric, mode)
+    baseline = next((run for run in runs if run.data.tags.get("aaclip.baseline") == "true"
+                     and final_value(run, metric) is not None), None)
+    return (ranked[0] if ranked else None), baseline
+
+
+def trial_points(runs: list, metric: str, study_name: str) -> list[TrialPoint]:
+    """Every trial with a finite objective at any rung, in start order."""
+    points = []
+    for run in runs:
+        value = run.data.metrics.get(metric)
+        if value is None or not math.isfinite(value):
+            continue
+        name = run.info.run_name or run.info.run_id
+        params = {key: param_value(text) for key, text in run.data.params.items()}
+        loop = run.data.metrics.get("loop")
+        points.append(TrialPoint(name=name, label=name.removeprefix(f"{study_name}-"),
+                                 outcome=run.data.tags.get("aaclip.outcome", "running"), value=value,
+                                 loop=int(loop) if loop is not None else None,
+                                 baseline=run.data.tags.get("aaclip.baseline") == "true", params=params))
+    return points
 
 
 def check_report_folder(folder: Path) -> None:
@@ -140,46 +142,38 @@ def check_report_folder(folder: Path) -> None:
 
 
 def write_report(client, name: str, folder: Path) -> Path:
-    """Write index.html and the PNG figures into `folder`, log them to the parent run; returns index.html."""
+    """Write the report into `folder` from the study's MLflow runs, log it to the parent run under report/;
+    returns index.html."""
     parent = require_parent_run(client, name)
     metric, mode = parent.data.tags["aaclip.objective"], parent.data.tags["aaclip.mode"]
     study = study_from_parent(client, parent)
-    runs = trial_runs(client, parent)
-    folder.mkdir(parents=True, exist_ok=True)
-    figures = optuna_figures(rebuild_optuna_study(study.space, runs, metric, mode), folder)
-    best, baseline = best_and_baseline(runs, metric, mode)
-    rows = class_table(best, baseline) if best is not None else []
-    metric_name = metric.split("/")[-1] if metric.split("/")[-1] in CLASS_METRICS else "pixel_auroc"
-    if class_figure(rows, metric_name, folder / "best_vs_baseline.png"):
-        figures["best_vs_baseline"] = "best_vs_baseline.png"
-    index = folder / "index.html"
-    write_text_atomically(index, render_html(name, metric, mode, runs, best, baseline, rows, figures))
+    index = render_report(name, metric, mode, study.space, trial_runs(client, parent),
+                          study_verdict(client, parent), folder)
     client.log_artifacts(parent.info.run_id, str(folder), "report")
     return index
 
 
-def render_html(name: str, metric: str, mode: str, runs: list, best, baseline, rows: list,
-                figures: dict[str, str]) -> str:
-    escape = html.escape
-    parts = [f"<html><head><meta charset='utf-8'><title>{escape(name)}</title></head><body>",
-             f"<h1>Study {escape(name)}</h1>",
-             f"<p>Objective: {escape(metric)} ({mode}); {len(runs)} trials.</p>"]
-    for label, run in (("Best trial", best), ("Baseline", baseline)):
-        if run is not None:
-            parts.append(f"<p>{label}: {escape(run.info.run_name)} (run {run.info.run_id}), "
-                         f"{escape(metric)} = {run.data.metrics[metric]:.4f}</p>")
-    for figure_name, target in figures.items():
-        title = figure_name.replace("_", " ").capitalize()
-        body = f"<img src='{target}'>" if target.endswith(".png") else f"<p>{escape(target)}</p>"
-        parts.append(f"<h2>{title}</h2>{body}")
-    if rows:
-        parts.append("<h2>Best vs baseline per class</h2><table border='1' cellpadding='4'>"
-                     "<tr><th>class</th><th>metric</th><th>best</th><th>baseline</th><th>difference</th></tr>")
-        for cls, metric_name, value, base in rows:
-            difference = f"{value - base:+.2f}" if base is not None else "-"
-            base_text = f"{base:.2f}" if base is not None else "-"
-            parts.append(f"<tr><td>{escape(cls)}</td><td>{metric_name}</td><td>{value:.2f}</td>"
-                         f"<td>{base_text}</td><td>{difference}</td></tr>")
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+def render_report(name: str, metric: str, mode: str, space: SearchSpace, runs: list, verdict: Verdict | None,
+                  folder: Path) -> Path:
+    """index.html (self-contained: figures embedded) and the figures as PNG files, written into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    points = trial_points(runs, metric, name)
+    best, baseline = best_and_baseline(runs, metric, mode)
+    baseline_value = baseline.data.metrics[metric] if baseline is not None else None
+    figures: dict[str, bytes] = {}
+    if points:
+        figures["optimization_history"] = history_figure(points, metric, mode)
+        figures["objective_vs_scale"] = scale_figure(points, metric, baseline_value)
+        figures["objective_vs_loops_and_lrs"] = knobs_figure(points, metric, baseline_value)
+    if verdict is not None and verdict.rows:
+        figures["confirmed"] = confirmed_figure(verdict)
+    importances, importance_note = importance_figure(rebuild_optuna_study(space, runs, metric, mode))
+    if importances is not None:
+        figures["param_importances"] = importances
+    for figure_name, png in figures.items():
+        save(png, folder / f"{figure_name}.png")
+    rows = class_table(best, baseline) if best is not None else []
+    page = ReportPage(name, metric, mode, runs, points, best, baseline, verdict, rows, figures, importance_note)
+    index = folder / "index.html"
+    write_text_atomically(index, page.render())
+    return index

@@ -72,6 +72,14 @@ class TrialsSpec(Strict):
     max_failures: int = Field(1, ge=0)
 
 
+class ConfirmSpec(Strict):
+    # After the search: the top_k completed configurations rerun on `seeds` fresh seeds (never used by the
+    # search), each beside its matched twin (cross-attention off, all else equal) and the base model on the same
+    # seeds. top_k 0 turns the phase off. A 95% t-interval needs at least 2 seeds.
+    top_k: int = Field(0, ge=0)
+    seeds: int = Field(3, ge=2)
+
+
 class TrackingSpec(Strict):
     uri: str | None = None  # null -> $MLFLOW_TRACKING_URI, else the embedded local server
     experiment: str | None = None  # null -> the study name
@@ -88,6 +96,7 @@ class StudySpec(Strict):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     guard: GuardSpec = Field(default_factory=GuardSpec)
     baseline: bool = True
+    confirm: ConfirmSpec = Field(default_factory=ConfirmSpec)  # off unless a spec asks (the shipped ones do)
     trials: TrialsSpec = Field(default_factory=TrialsSpec)
     storage: str | None = None  # Ray results: local dir, NFS path or s3://; null -> $AACLIP_HOME/ray_results
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
@@ -170,7 +179,7 @@ def resolve_spec_path(name_or_path: str | Path) -> Path:
 
 
 def load_study(name_or_path: str | Path, *, name: str | None = None, num_samples: int | None = None,
-               smoke_test: bool = False) -> Study:
+               smoke_test: bool = False, confirm_top_k: int | None = None) -> Study:
     path = resolve_spec_path(name_or_path)
     try:
         data = read_yaml(path)
@@ -182,15 +191,21 @@ def load_study(name_or_path: str | Path, *, name: str | None = None, num_samples
         data["name"] = name
     if num_samples:
         data.setdefault("trials", {})["num_samples"] = num_samples
+    if confirm_top_k is not None:
+        data["confirm"] = {**(data.get("confirm") or {}), "top_k": confirm_top_k}
     return parse_study(data, source=str(path), base_dir=path.parent)
 
 
 def smoke_sized(data: dict[str, Any]) -> dict[str, Any]:
-    """--smoke-test: the same study in miniature (2 trials, 1 loop of 1 epoch per stage), to check the wiring."""
+    """--smoke-test: the same study in miniature (2 trials, 1 loop of 1 epoch per stage; a confirmation, if the
+    spec has one, of the best configuration on 2 seeds), to check the wiring."""
     data = {**data, "name": f"{data.get('name', 'study')}-smoke"}
     trials = dict(data.get("trials") or {})
     trials["num_samples"] = 2
     data["trials"] = trials
+    confirm = data.get("confirm")
+    if isinstance(confirm, dict) and confirm.get("top_k"):
+        data["confirm"] = {**confirm, "top_k": 1, "seeds": 2}
     data["overrides"] = {**(data.get("overrides") or {}), "feedback.loops": 1, "feedback.text_epochs": 1,
                          "feedback.image_epochs": 1}
     space = data.get("space") if isinstance(data.get("space"), dict) else {}

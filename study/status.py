@@ -14,6 +14,7 @@ from typing import Any
 from study.tracking import (
     DRIVER_STATE, HEARTBEAT, HEARTBEAT_STALE_S, STUDY, TRIAL_ID, require_parent_run, runs_link, trial_runs,
 )
+from study.verdict import Verdict, format_verdict, study_verdict
 
 
 @dataclass
@@ -38,6 +39,7 @@ class StudyStatus:
     state: str
     link: str
     trials: list[TrialRow] = field(default_factory=list)
+    verdict: Verdict | None = None  # the confirmation phase's table, once it has runs
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -81,6 +83,7 @@ def study_status(client, name: str) -> StudyStatus:
             objective=_finite(metrics.get(metric)), best=_finite(float(best)) if best else None,
             baseline=run_tags.get("aaclip.baseline") == "true", reason=run_tags.get("aaclip.stop_reason", ""),
             run_id=run.info.run_id))
+    status.verdict = study_verdict(client, parent)
     return status
 
 
@@ -112,8 +115,9 @@ def format_status(status: StudyStatus) -> str:
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
              for line in [header, *rows]]
     counts = ", ".join(f"{count} {state}" for state, count in sorted(status.counts().items())) or "no trials yet"
+    confirmed = [format_verdict(status.verdict)] if status.verdict is not None else []
     return "\n".join([f"study {status.study} ({status.state}): {counts}; objective {status.objective} "
-                      f"({status.mode})", *lines, f"runs: {status.link}"])
+                      f"({status.mode})", *lines, *confirmed, f"runs: {status.link}"])
 
 
 def _short(key: str) -> str:

@@ -128,8 +128,14 @@ def trial_runs(client: MlflowClient, parent) -> list[Any]:
     return _search(client, [parent.info.experiment_id], {ROLE: "trial", STUDY: parent.data.tags[STUDY]})
 
 
+def runs_with_role(client: MlflowClient, parent, role: str) -> list[Any]:
+    """The study's child runs of one role (trial; confirm, twin or base for the confirmation), oldest first."""
+    return _search(client, [parent.info.experiment_id], {ROLE: role, STUDY: parent.data.tags[STUDY]})
+
+
 def find_trial_run(client: MlflowClient, experiment_id: str, study: str, trial_id: str):
-    runs = _search(client, [experiment_id], {ROLE: "trial", STUDY: study, TRIAL_ID: trial_id})
+    """The child run of a Ray trial, whatever its role (search trials and confirmation runs alike)."""
+    runs = _search(client, [experiment_id], {STUDY: study, TRIAL_ID: trial_id})
     return runs[0] if runs else None
 
 
@@ -170,10 +176,11 @@ class TrialRun:
 
     @classmethod
     def open(cls, tracker: Tracker, *, experiment_id: str, parent_run_id: str, study: str,
-             trial_id: str, trial_name: str, config: TrainConfig, baseline: bool) -> TrialRun:
+             trial_id: str, trial_name: str, config: TrainConfig, baseline: bool, role: str = "trial",
+             tags: dict[str, str] | None = None) -> TrialRun:
         tracker.drain()  # what a killed attempt spooled counts before the markers are read
-        tags = {ROLE: "trial", STUDY: study, TRIAL_ID: trial_id, PARENT: parent_run_id,
-                "aaclip.baseline": str(baseline).lower()}
+        tags = {ROLE: role, STUDY: study, TRIAL_ID: trial_id, PARENT: parent_run_id,
+                "aaclip.baseline": str(baseline).lower(), **(tags or {})}
 
         def find_or_create(client: MlflowClient):  # searched again on every retry: one run per trial
             run = find_trial_run(client, experiment_id, study, trial_id)

@@ -74,11 +74,17 @@ def trial_config(study: Study, config: dict[str, Any]) -> TrainConfig:
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune function trainable (wrapped with tune.with_parameters(run_trial, context=...))."""
+    context.apply_environment()
+    tags = {"aaclip.optuna_trial": str(config[OPTUNA_KEY])} if OPTUNA_KEY in config else {}
+    train_and_report(context, trial_config(context.study, config), baseline=is_baseline(config), tags=tags)
+
+
+def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseline: bool, role: str = "trial",
+                     tags: dict[str, str] | None = None) -> None:
+    """Train one configuration inside a Tune trial, logged to its (re)opened MLflow child run of `role`."""
     from aaclip.data.splits import load_splits, split_summary
     from aaclip.train import fit  # imported in the trial process only: torch and open_clip are slow to import
 
-    context.apply_environment()
-    train_config = trial_config(context.study, config)
     splits = split_summary(load_splits(train_config.data))  # which images the trial saw; refuses val/test overlap
     tune_context = ray.tune.get_context()
     trial_id = tune_context.get_trial_id()
@@ -86,11 +92,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     run = TrialRun.open(tracker, experiment_id=context.experiment_id,
                         parent_run_id=context.parent_run_id, study=context.study.name,
                         trial_id=trial_id, trial_name=tune_context.get_trial_name(),
-                        config=train_config, baseline=is_baseline(config))
+                        config=train_config, baseline=baseline, role=role, tags=tags)
     # The same values again on a restart, which MLflow accepts.
     run.tracker.write(batch_op(run.run_id, params={key: str(value) for key, value in splits.items()}))
-    if OPTUNA_KEY in config:
-        run.set_tags({"aaclip.optuna_trial": config[OPTUNA_KEY]})
     # Under AACLIP_HOME, not /tmp: a worker killed mid-trial leaves its scratch where the project's state lives.
     # Ray runs one attempt of a trial at a time: folders of this trial's earlier attempts are dead ones'.
     remove_scratch(Path(context.aaclip_home), trial_id)

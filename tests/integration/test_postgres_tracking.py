@@ -31,7 +31,7 @@ except ImportError:
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STUDY = "pg-smoke"
-SAMPLES = 2
+SAMPLES = 2  # searched trials; the smoke spec's confirmation is skipped (--confirm-top-k 0): a backend test
 TRIAL, ROLE, STUDY_TAG, PARENT = "aaclip.trial_id", "aaclip.role", "aaclip.study", "mlflow.parentRunId"
 
 
@@ -122,7 +122,7 @@ def smoke_study(mlflow_server):
     env = study_env(home)
     env.pop("MLFLOW_TRACKING_URI", None)  # the flag, and nothing else, names the server
     command = [str(BIN / "aaclip-study"), "run", "search_spaces/smoke.yaml", "--tracking-uri", uri,
-               "--num-samples", str(SAMPLES), "--name", STUDY]
+               "--num-samples", str(SAMPLES), "--confirm-top-k", "0", "--name", STUDY]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"aaclip-study run failed ({result.returncode}):\n{output[-6000:]}"
@@ -198,7 +198,7 @@ def sqlite_study():
     env = study_env(home)
     env.pop("MLFLOW_TRACKING_URI", None)  # no URI anywhere: the CLI starts its embedded server
     command = [str(BIN / "aaclip-study"), "run", "search_spaces/smoke.yaml", "--num-samples", str(SAMPLES),
-               "--name", STUDY]
+               "--confirm-top-k", "0", "--name", STUDY]
     try:
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
         output = result.stdout + result.stderr

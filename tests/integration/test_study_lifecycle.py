@@ -88,6 +88,10 @@ def test_killed_driver_resumes_and_everything_is_tracked_once(ray_cluster, mlflo
 
     index = write_report(client, NAME, tmp_path / "report")
     assert (tmp_path / "report" / "optimization_history.png").is_file() and index.is_file()
+    page = index.read_text()
+    pruned = [run.info.run_name for run in runs if run.data.tags["aaclip.outcome"] == "pruned"]
+    assert pruned and all(f"<td>{name}</td><td class='pruned'>pruned</td>" in page for name in pruned)
+    assert "src='data:image/png;base64," in page and ".png'" not in page  # renders inside MLflow's viewer
     assert "report/index.html" in {item.path for item in client.list_artifacts(parent.info.run_id, "report")}
 
 

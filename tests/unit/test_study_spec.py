@@ -36,7 +36,7 @@ def refused(data: dict) -> str:
 def test_smoke_spec_loads_with_its_shipped_defaults():
     study = load_study("smoke")
     assert study.name == "smoke"
-    assert study.num_samples() == 8
+    assert study.num_samples() == 6
     assert study.base_config.model.name == "aaclip-tiny"
     assert study.baseline_config().cross_attention.enabled is False
 
@@ -82,6 +82,9 @@ def test_ablation_grid_has_seven_scales_times_three_seeds():
     ({"name": "has space"}, "name"),
     ({"trials": {"resources": {"cpu": 1, "gpu": 1}}}, "trials.resources.gpu"),  # tiny pins model.device: cpu
     ({"overrides": {"model.device": "cuda"}}, "trials.resources.gpu"),
+    ({"confirm": {"top_k": -1}}, "confirm.top_k"),
+    ({"confirm": {"top_k": 2, "seeds": 1}}, "confirm.seeds"),
+    ({"confirm": {"top": 2}}, "confirm.top"),
 ])
 def test_bad_spec_names_the_key(change, key):
     message = refused(spec_with(**change))
@@ -134,3 +137,16 @@ def test_baseline_gets_the_largest_budget_in_the_space():
     baseline = study.baseline_config()
     assert baseline.feedback.loops == 3 and baseline.cross_attention.enabled is False
     assert study.max_time() == 3
+
+
+@pytest.mark.parametrize("path", sorted(SPEC_DIR.glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_shipped_spec_confirms_its_winners(path):
+    confirm = yaml.safe_load(path.read_text())["confirm"]
+    assert confirm["top_k"] >= 1 and confirm["seeds"] >= 2
+
+
+def test_confirmation_is_off_unless_asked_and_smoke_sized_by_smoke_test():
+    assert parse_study(spec_with(), source="spec.yaml").spec.confirm.top_k == 0
+    study = load_study("smoke", smoke_test=True)
+    assert (study.spec.confirm.top_k, study.spec.confirm.seeds) == (1, 2)
+    assert load_study("smoke", confirm_top_k=0).spec.confirm.top_k == 0  # --confirm-top-k 0: the search only

@@ -1,0 +1,214 @@
+"""The confirmation phase of a study (spec `confirm: {top_k, seeds}`), run by the driver after the search.
+
+A search ranks configurations on one seed each, and seeds move the objective by more than most differences a
+study finds. So the top_k distinct configurations of the search rerun on fresh seeds (never used by the search),
+each beside its matched twin (the same configuration with cross-attention off: same learning rates, loops,
+epochs, data and seeds) and the base model on the same seeds. These are ordinary Ray Tune trials of a second
+Tuner (`<storage>/<study>-confirm`, no early stopping), logged as child runs of the study's parent with
+`aaclip.role = confirm | twin | base`, the configuration's search rank and the seed. study/verdict.py turns
+their final objectives into the verdict.
+
+The plan (which configuration on which seed in which role) is logged to the parent run (confirm/plan.yaml)
+before the first trial starts, and `resume` restores the Tuner with it: finished trials are not rerun.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from mlflow.entities import Metric
+from ray import tune
+
+from aaclip.config import apply_overrides, read_yaml, validate_config
+from study.callbacks import OutcomeRecorder, Progress
+from study.guard import GradientGuard
+from study.spec import Study
+from study.tracking import tracking_client, trial_runs
+from study.trainable import TrialContext, train_and_report
+from study.verdict import RANK, SEED, SOURCE, Verdict, format_verdict, ranked_search_trials, study_verdict
+
+Echo = Callable[..., None]
+JOB_KEY = "study/confirm_job"  # the Tune config of a confirmation trial: its index in the plan
+PLAN_ARTIFACT = "confirm/plan.yaml"
+PATH_TAG = "aaclip.confirm_path"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The plan
+
+
+def fresh_seeds(used: set[int], count: int) -> list[int]:
+    """`count` seeds above every seed the search used (consecutive: easy to read in run names)."""
+    start = max(used, default=0) + 1
+    return list(range(start, start + count))
+
+
+def top_configurations(client, runs: list, study: Study) -> list[tuple[Any, dict[str, Any]]]:
+    """(search run, its config data) for the top_k distinct configurations; configs differing only in their seed
+    are one configuration (a spec may search seeds)."""
+    objective = study.spec.objective
+    chosen: list[tuple[Any, dict[str, Any]]] = []
+    seen: set[str] = set()
+    for run in ranked_search_trials(runs, objective.metric, objective.mode):
+        data = _run_config(client, run)
+        if not data["cross_attention"]["enabled"]:
+            continue  # a space that switches cross-attention off: such a configuration is its own twin
+        key = json.dumps({**data, "seed": None}, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            chosen.append((run, data))
+        if len(chosen) == study.spec.confirm.top_k:
+            break
+    return chosen
+
+
+def _run_config(client, run) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as folder:
+        return read_yaml(Path(client.download_artifacts(run.info.run_id, "config.yaml", folder)))
+
+
+def plan_confirmation(client, parent, study: Study) -> list[dict[str, Any]]:
+    """Every confirmation run: {role, rank, seed, source, config}; empty when no searched trial completed."""
+    runs = trial_runs(client, parent)
+    configurations = top_configurations(client, runs, study)
+    if not configurations:
+        return []
+    used = {int(study.base_config.seed)} | {int(run.data.params["seed"]) for run in runs if "seed" in run.data.params}
+    seeds = fresh_seeds(used, study.spec.confirm.seeds)
+    base = study.baseline_config().to_dict()
+    jobs = []
+    for seed in seeds:
+        for rank, (run, data) in enumerate(configurations, start=1):
+            on = {**data, "seed": seed}
+            twin = apply_overrides(on, {"cross_attention.enabled": False})
+            jobs.append(_job("confirm", rank, seed, run.info.run_name, on))
+            jobs.append(_job("twin", rank, seed, run.info.run_name, twin))
+        jobs.append(_job("base", 0, seed, "base model", {**base, "seed": seed}))
+    return jobs
+
+
+def _job(role: str, rank: int, seed: int, source: str, config: dict[str, Any]) -> dict[str, Any]:
+    validate_config(config, source=f"confirmation {role} of rank {rank}, seed {seed}")  # refuse before starting
+    return {"role": role, "rank": rank, "seed": seed, "source": source, "config": config}
+
+
+def job_name(study_name: str, job: dict[str, Any]) -> str:
+    """Readable run names: smoke-r1-on-s112, smoke-r1-off-s112 (the twin), smoke-base-s112."""
+    if job["role"] == "base":
+        return f"{study_name}-base-s{job['seed']}"
+    side = "on" if job["role"] == "confirm" else "off"
+    return f"{study_name}-r{job['rank']}-{side}-s{job['seed']}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The trials
+
+
+def run_confirm_trial(config: dict[str, Any], context: TrialContext, jobs: list[dict[str, Any]]) -> None:
+    """The Tune function trainable of a confirmation trial (wrapped with tune.with_parameters)."""
+    context.apply_environment()
+    job = jobs[config[JOB_KEY]]
+    train_config = validate_config(job["config"], source=f"confirmation job {config[JOB_KEY]}")
+    tags = {RANK: str(job["rank"]), SEED: str(job["seed"]), SOURCE: job["source"]}
+    train_and_report(context, train_config, baseline=job["role"] == "base", role=job["role"], tags=tags)
+
+
+class JobNamer:
+    def __init__(self, study_name: str, jobs: list[dict[str, Any]]):
+        self.study_name, self.jobs = study_name, jobs
+
+    def __call__(self, trial) -> str:
+        return job_name(self.study_name, self.jobs[trial.config[JOB_KEY]])
+
+
+def make_confirm_tuner(study: Study, context: TrialContext, jobs: list[dict[str, Any]], storage: str,
+                       restore_path: str | None = None) -> tune.Tuner:
+    resources = study.spec.trials.resources
+    trainable = tune.with_resources(tune.with_parameters(run_confirm_trial, context=context, jobs=jobs),
+                                    {"cpu": resources.cpu, "gpu": resources.gpu})
+    if restore_path:
+        return tune.Tuner.restore(restore_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    spec = study.spec
+    guard = GradientGuard(spec.guard)
+    namer = JobNamer(study.name, jobs)
+    # No scheduler: a confirmation compares full runs. Jobs run in plan order, seed by seed.
+    tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.trials.max_concurrent,
+                                  trial_name_creator=namer, trial_dirname_creator=namer)
+    run_config = tune.RunConfig(
+        name=confirm_name(study.name), storage_path=storage, stop=guard, verbose=0,
+        failure_config=tune.FailureConfig(max_failures=spec.trials.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=[OutcomeRecorder(study.name, context.experiment_id, guard, spec.scheduler.time_attr,
+                                   context.connect, Path(context.aaclip_home)),
+                   Progress(f"{study.name} confirmation", spec.objective.metric, spec.objective.mode)])
+    return tune.Tuner(trainable, param_space={JOB_KEY: tune.grid_search(list(range(len(jobs))))},
+                      tune_config=tune_config, run_config=run_config)
+
+
+def confirm_name(study_name: str) -> str:
+    return f"{study_name}-confirm"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The phase
+
+
+def confirm_study(study: Study, context: TrialContext, storage: str, echo: Echo = print) -> tuple[int, int]:
+    """Run (or, when its Tuner state exists, continue) the confirmation, after the search's Tuner (whose
+    environment settings it shares); returns (trials, failed trials)."""
+    if study.spec.confirm.top_k == 0:
+        return 0, 0
+    client = tracking_client(context.tracking_uri)
+    parent = client.get_run(context.parent_run_id)
+    path = f"{storage}/{confirm_name(study.name)}"
+    restoring = tune.Tuner.can_restore(path)
+    jobs = _logged_plan(client, parent) if restoring else plan_confirmation(client, parent, study)
+    if not jobs:
+        echo(f"study {study.name}: no searched trial completed; nothing to confirm (export falls back to the "
+             "search's best)")
+        return 0, 0
+    if not restoring:
+        client.log_text(parent.info.run_id, yaml.safe_dump(jobs, sort_keys=False), PLAN_ARTIFACT)
+        client.set_tag(parent.info.run_id, PATH_TAG, path)
+    ranks, seeds = max(job["rank"] for job in jobs), sorted({job["seed"] for job in jobs})
+    echo(f"study {study.name}: {'continuing' if restoring else 'starting'} the confirmation of the top {ranks} "
+         f"configurations on fresh seeds {', '.join(map(str, seeds))} ({len(jobs)} runs: each configuration "
+         "and its cross-attention-off twin on every seed, and the base model)")
+    tuner = make_confirm_tuner(study, context, jobs, storage, restore_path=path if restoring else None)
+    client.update_run(parent.info.run_id, status="RUNNING")
+    try:
+        results = tuner.fit()
+    except BaseException:
+        client.set_terminated(parent.info.run_id, status="KILLED")
+        raise
+    verdict = study_verdict(client, client.get_run(parent.info.run_id))
+    if verdict is not None:
+        log_verdict(client, parent.info.run_id, verdict)
+        echo(format_verdict(verdict))
+    client.set_terminated(parent.info.run_id, status="FINISHED")
+    echo(f"study {study.name}: confirmation finished; next: aaclip-study status {study.name} | aaclip-study "
+         f"export {study.name} -o best.yaml (the best confirmed mean) | aaclip-study report {study.name}")
+    return len(results), len(results.errors)
+
+
+def log_verdict(client, run_id: str, verdict: Verdict) -> None:
+    """The verdict on the parent run: whole as confirm/verdict.json, the headline numbers as metrics."""
+    client.log_text(run_id, json.dumps(verdict.to_dict(), indent=2), "confirm/verdict.json")
+    values = {"confirm/base_mean": verdict.base.mean}
+    for row in verdict.rows:
+        values |= {f"confirm/r{row.rank}_mean": row.on.mean, f"confirm/r{row.rank}_matched_off_mean": row.twin.mean,
+                   f"confirm/r{row.rank}_on_minus_off": row.difference.mean}
+    best = verdict.best()
+    if best is not None:
+        values["confirm/best_mean"] = best.on.mean
+    metrics = [Metric(key, value, int(time.time() * 1000), 0) for key, value in values.items() if value is not None]
+    client.log_batch(run_id, metrics=metrics)
+
+
+def _logged_plan(client, parent) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as folder:
+        return yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, PLAN_ARTIFACT, folder)).read_text())
