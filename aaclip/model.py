@@ -15,7 +15,8 @@ from torch import nn
 
 from aaclip import prompts
 from aaclip.adapters import Adapter, norm_matched_residual
-from aaclip.backbone import BackboneInfo, check_batch_first, describe, run_block, text_embed, vision_embed
+from aaclip.attention import block_forward
+from aaclip.backbone import BackboneInfo, check_batch_first, describe, text_embed, vision_embed
 from aaclip.config import TrainConfig
 from aaclip.cross_attention import CrossAttention
 from aaclip.errors import ConfigError
@@ -46,6 +47,12 @@ def check_fits_backbone(config: TrainConfig, info: BackboneInfo) -> None:
         raise ConfigError(f"cross_attention.heads: {cross.heads} does not divide the width {info.text_width}")
 
 
+def compiled_block_forward():
+    """torch.compile of the frozen block computation (model.compile). Parameters are graph inputs
+    (inlined nn.Modules), so blocks of one tower share a graph instead of recompiling per block."""
+    return torch.compile(block_forward, dynamic=False)
+
+
 class AdaptedCLIP(nn.Module):
     def __init__(self, clip: CLIP, config: TrainConfig):
         super().__init__()
@@ -73,6 +80,16 @@ class AdaptedCLIP(nn.Module):
                                               **shared)
         self.image_cross_attn = CrossAttention(width_v, width_t, scale=cross.image_scale,
                                                normalize_context=cross.normalize_context, **shared)
+        # Frozen blocks run batch-first over open_clip's weights (aaclip.attention); `stock_blocks` switches to
+        # open_clip's own block(x) path, which the equivalence tests and the step benchmark compare against.
+        self.stock_blocks = False
+        self._block_forward = compiled_block_forward() if config.model.compile else block_forward
+
+    def run_block(self, block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                  value_value: str | None = None) -> torch.Tensor:
+        if self.stock_blocks and value_value is None:
+            return block(x, attn_mask=attn_mask)
+        return self._block_forward(block, x, attn_mask, value_value)
 
     def train(self, mode: bool = True) -> AdaptedCLIP:
         super().train(mode)
@@ -100,7 +117,7 @@ class AdaptedCLIP(nn.Module):
         flat = tokens.reshape(classes * per_class, length)
         x = text_embed(self.clip, flat)
         for index, block in enumerate(self.clip.transformer.resblocks):
-            x = block(x, attn_mask=self.clip.attn_mask)
+            x = self.run_block(block, x, attn_mask=self.clip.attn_mask)
             if index == 0 and image_context is not None:
                 grouped = x.reshape(classes, per_class * length, -1)
                 x = self.text_cross_attn(grouped, image_context).reshape(classes * per_class, length, -1)
@@ -122,8 +139,8 @@ class AdaptedCLIP(nn.Module):
     def text_context(self, tokens: torch.Tensor) -> torch.Tensor:
         """[C, P*T, text width]: prompt tokens after text block 0 and adapter 0 (reference §7.4), for Stage 2."""
         classes, per_class, length = tokens.shape
-        x = self.clip.transformer.resblocks[0](text_embed(self.clip, tokens.reshape(-1, length)),
-                                               attn_mask=self.clip.attn_mask)
+        x = self.run_block(self.clip.transformer.resblocks[0], text_embed(self.clip, tokens.reshape(-1, length)),
+                           attn_mask=self.clip.attn_mask)
         if len(self.text_adapter) > 1:
             x = norm_matched_residual(x, self.text_adapter[0], self.adapters_config.text_weight)
         return x.reshape(classes, per_class * length, -1)
@@ -138,7 +155,7 @@ class AdaptedCLIP(nn.Module):
         x = vision_embed(self.clip, images)
         taps = []
         for index, block in enumerate(self.clip.visual.transformer.resblocks[: levels[-1]]):
-            x = block(x)
+            x = self.run_block(block, x)
             if index == 0 and text_context is not None:
                 x = self.image_cross_attn(x, text_context)
             if index < len(layer_adapters):
@@ -165,7 +182,7 @@ class AdaptedCLIP(nn.Module):
         taps = []
         for index, block in enumerate(self.clip.visual.transformer.resblocks[: levels[-1]]):
             axis = self.surgery_axis if index >= self.surgery_from_block else None
-            x = run_block(block, x, value_value=axis)
+            x = self.run_block(block, x, value_value=axis)
             if index + 1 in levels:
                 taps.append(F.normalize(self.clip.visual.ln_post(x[:, 1:]) @ self.clip.visual.proj, dim=-1))
         global_embedding = self.global_embedding(images)[:, None, :]
