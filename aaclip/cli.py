@@ -48,9 +48,11 @@ def train(config: str = typer.Argument(..., help="Config file or shipped name (t
           resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a checkpoint folder"),
           test: bool = typer.Option(False, "--test", help="Also evaluate data.test at the end")):
     """Train a configuration through the whole feedback schedule."""
+    from aaclip.threads import available_cpus, configure_threads
     from aaclip.train import fit
 
     settings = _config(config, overrides)
+    configure_threads(available_cpus(), settings.data.workers)
     result = fit(settings, out_dir=out, on_epoch=_progress, resume=resume)
     final = dict(result.metrics)
     if test:

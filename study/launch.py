@@ -21,6 +21,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from aaclip.home import aaclip_home
 from study.callbacks import OutcomeRecorder, Progress
+from study.devices import check_cuda_where_gpus_go
 from study.errors import StudyError
 from study.guard import GradientGuard
 from study.searcher import INDEX_KEY, BaselineFirst, StudyOptunaSearch, is_baseline
@@ -143,6 +144,7 @@ def check_cluster(study: Study) -> None:
     if resources.cpu > cpus:
         raise StudyError(f"{study.source}: trials.resources.cpu: {resources.cpu:g} CPUs per trial, but the cluster "
                          f"has {cpus:g}")
+    check_cuda_where_gpus_go(resources.gpu, study.source)
 
 
 # ---------------------------------------------------------------------------------------------------------------

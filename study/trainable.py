@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import ray.tune
 
 from aaclip.config import TrainConfig
+from study.devices import require_cuda_for_assigned_gpus
 from study.plots import gradient_flow_plot
 from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline
 from study.spec import Study, planned_epochs
@@ -63,10 +64,13 @@ def trial_config(study: Study, config: dict[str, Any]) -> TrainConfig:
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune function trainable (wrapped with tune.with_parameters(run_trial, context=...))."""
-    from aaclip.train import fit  # imported in the trial process only: torch and open_clip are slow to import
+    from aaclip.threads import configure_threads  # imported in the trial process only: torch is slow to import
+    from aaclip.train import fit
 
     context.apply_environment()
+    require_cuda_for_assigned_gpus()
     train_config = trial_config(context.study, config)
+    configure_threads(assigned_cpus(), train_config.data.workers)
     tune_context = ray.tune.get_context()
     run = TrialRun.open(tracking_client(context.tracking_uri), experiment_id=context.experiment_id,
                         parent_run_id=context.parent_run_id, study=context.study.name,
@@ -85,6 +89,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         reporter.finish()
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def assigned_cpus() -> float:
+    """The CPUs Ray reserved for this trial (its resources.cpu), not the machine's core count."""
+    return ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
 
 
 @contextmanager
