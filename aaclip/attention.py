@@ -26,17 +26,28 @@ def supports_fast_path(block: nn.Module) -> bool:
 
 
 def block_forward(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                  value_value: str | None = None) -> torch.Tensor:
-    """`block(x, attn_mask=...)` of open_clip, batch-first; `value_value` ("tokens"/"batch") is V-V attention."""
+                  value_value: str | None = None, causal: bool = False) -> torch.Tensor:
+    """`block(x, attn_mask=...)` of open_clip, batch-first; `value_value` ("tokens"/"batch") is V-V attention.
+
+    `causal`: attn_mask is the plain causal mask, so SDPA may use is_causal, which the flash kernel serves.
+    """
     if value_value is None and not supports_fast_path(block):
         return block(x, attn_mask=attn_mask)
     normed = block.ln_1(x)
     if value_value is None:
-        attention = self_attention(block.attn, normed, attn_mask)
+        attention = self_attention(block.attn, normed, None if causal else attn_mask, causal)
     else:
         attention = value_value_attention(block.attn, normed, axis=value_value)
     x = x + block.ls_1(attention)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def is_causal_mask(mask: torch.Tensor | None) -> bool:
+    """open_clip's text mask: additive, -inf strictly above the diagonal, 0 elsewhere."""
+    if mask is None or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
+        return False
+    above = torch.ones_like(mask, dtype=torch.bool).triu(1)
+    return bool(torch.isneginf(mask[above]).all() and (mask[~above] == 0).all())
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -51,15 +62,15 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, tokens, heads * depth)
 
 
-def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor,
-                   attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                   causal: bool = False) -> torch.Tensor:
     """nn.MultiheadAttention(x, x, x, attn_mask) with the module's weights, on contiguous batch-first tensors."""
     query, key, value = F.linear(x.contiguous(), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     heads = attn.num_heads
     if attn_mask is not None:
         attn_mask = attn_mask.to(x.dtype)  # open_clip's text mask is additive (-inf above the diagonal)
     mixed = F.scaled_dot_product_attention(split_heads(query, heads), split_heads(key, heads),
-                                           split_heads(value, heads), attn_mask=attn_mask)
+                                           split_heads(value, heads), attn_mask=attn_mask, is_causal=causal)
     return F.linear(merge_heads(mixed), attn.out_proj.weight, attn.out_proj.bias)
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from aaclip import prompts
 from aaclip.adapters import Adapter, norm_matched_residual
-from aaclip.attention import block_forward
+from aaclip.attention import block_forward, is_causal_mask
 from aaclip.backbone import BackboneInfo, check_batch_first, describe, text_embed, vision_embed
 from aaclip.config import TrainConfig
 from aaclip.cross_attention import CrossAttention
@@ -83,13 +83,15 @@ class AdaptedCLIP(nn.Module):
         # Frozen blocks run batch-first over open_clip's weights (aaclip.attention); `stock_blocks` switches to
         # open_clip's own block(x) path, which the equivalence tests and the step benchmark compare against.
         self.stock_blocks = False
+        self.text_causal = is_causal_mask(clip.attn_mask)  # decided once: checking per call would sync a GPU
         self._block_forward = compiled_block_forward() if config.model.compile else block_forward
 
     def run_block(self, block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                   value_value: str | None = None) -> torch.Tensor:
         if self.stock_blocks and value_value is None:
             return block(x, attn_mask=attn_mask)
-        return self._block_forward(block, x, attn_mask, value_value)
+        causal = attn_mask is not None and attn_mask is self.clip.attn_mask and self.text_causal
+        return self._block_forward(block, x, attn_mask, value_value, causal)
 
     def train(self, mode: bool = True) -> AdaptedCLIP:
         super().train(mode)

@@ -64,7 +64,8 @@ def text_stage_loss(session: Session, batch: dict, loop: int) -> torch.Tensor:
         # mixed batch as in the reference, §13.11).
         level0 = targets[:, 0]
         context = torch.stack([level0[class_index == c].mean(dim=0) for c in present])
-    anchors = model.class_anchors(session.train_tokens[present], context)[inverse]  # [B, E, 2]
+    with session.autocast():  # bf16 forward on a GPU; anchors and losses in fp32, weights stay fp32
+        anchors = model.class_anchors(session.train_tokens[present], context)[inverse].float()  # [B, E, 2]
     masks = batch["mask"].to(session.device)
     levels = range(targets.shape[1]) if config.stage1.loss_levels == "all" else [targets.shape[1] - 1]
     size = config.model.image_size
@@ -120,6 +121,8 @@ def run_epoch(session: Session, plan: StagePlan, optimizer: torch.optim.Optimize
     schedule = config.optim.text_schedule if plan.stage == TEXT else config.optim.schedule
     loss_sum, norm_sums, steps, images, nonfinite = 0.0, dict.fromkeys(groups, 0.0), 0, 0, 0
     started = time.perf_counter()
+    if session.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(session.device)
     model.train()
     for batch in loader:
         factor = lr_factor(stage_step, total_steps, len(loader), config.optim, schedule)
@@ -140,7 +143,10 @@ def run_epoch(session: Session, plan: StagePlan, optimizer: torch.optim.Optimize
         loss_sum += loss.item()
         steps, stage_step, images = steps + 1, stage_step + 1, images + len(batch["label"])
     elapsed = time.perf_counter() - started
-    return epoch_metrics(plan, loss_sum, norm_sums, steps, images, nonfinite, elapsed, optimizer)
+    metrics = epoch_metrics(plan, loss_sum, norm_sums, steps, images, nonfinite, elapsed, optimizer)
+    if session.device.type == "cuda":  # sizes resources.gpu of a study (aaclip profile says more)
+        metrics["memory/cuda_peak_gb"] = torch.cuda.max_memory_allocated(session.device) / 2**30
+    return metrics
 
 
 def epoch_metrics(plan: StagePlan, loss_sum: float, norm_sums: dict[str, float], steps: int, images: int,

@@ -53,6 +53,7 @@ def output_and_input_gradient(run, x: torch.Tensor, upstream: torch.Tensor) -> t
 @pytest.mark.parametrize("name", registered_architectures())
 def test_every_block_equals_open_clip_output_and_input_gradient(name: str, tower: str) -> None:
     model = build(name)
+    assert model.text_causal
     blocks, x, mask = tower_inputs(model, tower)
     for block in blocks:
         assert supports_fast_path(block)
@@ -60,6 +61,9 @@ def test_every_block_equals_open_clip_output_and_input_gradient(name: str, tower
         expected = output_and_input_gradient(lambda t: block(t, attn_mask=mask), x, upstream)
         actual = output_and_input_gradient(lambda t: block_forward(block, t, attn_mask=mask), x, upstream)
         assert_fp32_close(actual, expected)
+        if mask is not None:  # the text mask is causal: SDPA's is_causal (flash-capable) gives the same result
+            causal = output_and_input_gradient(lambda t: block_forward(block, t, mask, causal=True), x, upstream)
+            assert_fp32_close(causal, expected)
         x = expected[0]
 
 
