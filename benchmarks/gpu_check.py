@@ -37,7 +37,7 @@ VIT_L_336 = {"model.name": "ViT-L-14-336", "model.image_size": 518, "adapters.le
              "adapters.image_until": 6, "adapters.text_until": 3, "stage1.surgery_from_block": 5,
              "cross_attention.heads": 8, "model.precision": "bf16", "model.device": "cuda"}
 SMALL = {"model.name": "aaclip-small", "model.image_size": 112, "adapters.levels": [2, 4, 6, 8],
-         "adapters.image_until": 3, "cross_attention.heads": 4, "feedback.loops": 2, "feedback.text_epochs": 2,
+         "adapters.image_until": 3, "cross_attention.heads": 4, "feedback.loops": 1, "feedback.text_epochs": 2,
          "feedback.image_epochs": 4, "eval.every": "loop"}
 TRIALS_PER_GPU = (1, 2, 4)
 

@@ -3,7 +3,7 @@
 #
 #     OUT=/some/folder bash benchmarks/gpu_check.sh
 #
-# Parts (each isolated under its own time budget; one failing part does not stop the others; ~8 min in all):
+# Parts (each isolated under its own time budget; one failing part does not stop the others; at most 7.5 min in all):
 #   env         versions, GPU name
 #   tests       pytest -m gpu (CUDA-only tests: batch-first attention on CUDA, SDPA flash/efficient kernels,
 #               bf16 autocast with fp32 master weights and losses, CUDA peak memory metric, torch.compile)
@@ -40,12 +40,12 @@ part() {  # part NAME BUDGET_S COMMAND...: run under a hard time limit, log, one
     echo "$name: $status ($(( $(date +%s) - started ))s)" >> "$OUT/summary.txt"
 }
 
-part env 60 "$PY" -c "import sys, torch, open_clip; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda); print('open_clip', open_clip.__version__); print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')"
-part tests 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/unit/test_gpu.py
-part peak 45 "$PY" benchmarks/gpu_check.py peak --out "$OUT"
-part step 120 "$PY" benchmarks/gpu_check.py step --out "$OUT"
-part compile 100 "$PY" benchmarks/gpu_check.py compile --out "$OUT"
-part throughput 150 "$PY" benchmarks/gpu_check.py throughput --out "$OUT"
+part env 30 "$PY" -c "import sys, torch, open_clip; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda); print('open_clip', open_clip.__version__); print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')"
+part tests 100 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/unit/test_gpu.py
+part peak 30 "$PY" benchmarks/gpu_check.py peak --out "$OUT"
+part step 90 "$PY" benchmarks/gpu_check.py step --out "$OUT"
+part compile 80 "$PY" benchmarks/gpu_check.py compile --out "$OUT"
+part throughput 120 "$PY" benchmarks/gpu_check.py throughput --out "$OUT"
 
 "$PY" - "$OUT" >> "$OUT/summary.txt" 2>&1 <<'PYTHON' || true
 import json, sys
