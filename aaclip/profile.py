@@ -147,12 +147,15 @@ def profile_config(config: TrainConfig, repeats: int = 3, memory_gb: float | Non
     return [profile_stage(session, stage, repeats, limit) for stage in (TEXT, IMAGE)]
 
 
+HEADROOM = 1.1  # max_memory_allocated leaves out the allocator's fragmentation and the CUDA context
+
+
 def gpu_fraction(peak_bytes: int, device: torch.device) -> float | None:
-    """The smallest 1/k of the device that holds the peak: a value for a study's trials.resources.gpu."""
+    """The smallest 1/k (k <= 8) of the device that holds the peak plus headroom: trials.resources.gpu."""
     if device.type != "cuda":
         return None
     total = torch.cuda.get_device_properties(device).total_memory
-    share = peak_bytes / total
+    share = peak_bytes * HEADROOM / total
     k = max(1, math.floor(1 / share)) if share > 0 else 8
     return 1 / min(k, 8)
 
