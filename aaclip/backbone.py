@@ -193,7 +193,8 @@ def vision_embed(clip: CLIP, images: torch.Tensor) -> torch.Tensor:
 
 
 def text_embed(clip: CLIP, tokens: torch.Tensor) -> torch.Tensor:
-    return clip.token_embedding(tokens) + clip.positional_embedding
+    """Token + positional embedding of the first tokens.shape[1] positions (a trimmed batch uses fewer)."""
+    return clip.token_embedding(tokens) + clip.positional_embedding[: tokens.shape[1]]
 
 
 def check_batch_first(clip: CLIP) -> None:

@@ -12,6 +12,7 @@ import ray
 from ray import tune
 
 TRIALS = 4
+CPUS_PER_TRIAL = 3  # neither torch's default here (the machine's 2 cores) nor a fallback of 1
 BARRIER_TIMEOUT_S = 300.0
 NAMESPACE = "fractional-gpus"
 
@@ -50,7 +51,7 @@ def trial(config: dict) -> None:
 
 def packing(storage: str) -> list[dict]:
     barrier = Barrier.options(name="barrier", namespace=NAMESPACE).remote()  # kept alive by this handle
-    tuner = tune.Tuner(tune.with_resources(trial, {"cpu": 1, "gpu": 0.5}),
+    tuner = tune.Tuner(tune.with_resources(trial, {"cpu": CPUS_PER_TRIAL, "gpu": 0.5}),
                        tune_config=tune.TuneConfig(num_samples=TRIALS),
                        run_config=tune.RunConfig(storage_path=storage, verbose=0))
     results = tuner.fit()
@@ -79,8 +80,8 @@ def launch_refusal(storage: str) -> str:
 
 def main() -> None:
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", num_cpus=TRIALS, num_gpus=2, include_dashboard=False, logging_level="ERROR",
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=TRIALS * CPUS_PER_TRIAL, num_gpus=2, include_dashboard=False,
+             logging_level="ERROR", log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as storage:
             report = {"trials": packing(storage), "refusal": launch_refusal(storage)}

@@ -37,7 +37,7 @@ def test_half_gpu_trials_pack_two_to_a_device_and_see_only_it(observed: dict) ->
 
 
 def test_a_trial_uses_exactly_the_cpus_ray_gave_it(observed: dict) -> None:
-    assert all(trial["threads"] == trial["torch_threads"] == 1 for trial in observed["trials"])
+    assert all(trial["threads"] == trial["torch_threads"] == 3 for trial in observed["trials"])  # cpu: 3 each
 
 
 def test_gpu_study_without_cuda_is_refused_in_one_line(observed: dict) -> None:

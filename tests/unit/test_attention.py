@@ -128,3 +128,14 @@ def test_value_value_attention_projects_only_the_values(axis: str) -> None:
         mixed = mixed.permute(2, 1, 0, 3)
     expected = attn.out_proj(mixed.transpose(1, 2).reshape(3, 5, -1))
     assert_fp32_close([value_value_attention(attn, x, axis)], [expected])
+
+
+@pytest.mark.parametrize("cross_attention", [False, True])
+def test_text_tower_trimmed_after_the_last_eot_equals_the_full_length(cross_attention: bool) -> None:
+    model = build("aaclip-small", **{"cross_attention.text_scale.init": 1.0})
+    tokens = model.tokenize(["weave", "disc"])
+    assert model.text_length(tokens.flatten(0, 1)) < tokens.shape[-1]
+    context = torch.randn(2, 5, model.info.embed_dim) if cross_attention else None
+    trimmed = model.encode_text(tokens, context)
+    model.text_causal = False  # no reliance on causality: the whole 77-token sequence with the explicit mask
+    assert_fp32_close([trimmed], [model.encode_text(tokens, context)])
