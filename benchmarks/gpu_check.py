@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py peak        # bf16 matmul peak of this GPU (FLOP/s)
     python benchmarks/gpu_check.py step        # bf16 Stage-2 step, ViT-L-14-336 at 518 px: time, MFU, memory
-    python benchmarks/gpu_check.py compile     # the same step with model.compile (frozen blocks compiled)
+    python benchmarks/gpu_check.py compile     # the same step (batch 16) with model.compile: true
     python benchmarks/gpu_check.py throughput  # 1, 2, 4 concurrent trials sharing the GPU (gpu: 1, 0.5, 0.25)
 
 Every part writes `<part>.json` into --out. `--dry-run` runs the same code on the CPU with the tiny model
@@ -153,7 +153,8 @@ def run_part(part: str, out: Path, dry_run: bool) -> dict:
         peak = json.loads(peak_file.read_text())["peak_tflops"] if peak_file.is_file() else None
         return stage2_step(dry_run, (1,) if dry_run else (2, 16), peak)
     if part == "compile":
-        return stage2_step(dry_run, (1,) if dry_run else (2, 16), None, **{"model.compile": True})
+        # One batch size: each new shape is a new compilation (dynamic=False), minutes of the part's budget.
+        return stage2_step(dry_run, (1,) if dry_run else (16,), None, **{"model.compile": True})
     if part == "throughput":
         return throughput(dry_run, (1,) if dry_run else TRIALS_PER_GPU)
     raise SystemExit(f"error: unknown part {part!r}")
