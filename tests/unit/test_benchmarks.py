@@ -33,7 +33,7 @@ def test_unknown_benchmark_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nope" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["search", "step"])
+@pytest.mark.parametrize("name", ["search", "step", "flops", "cache"])
 def test_smoke_run_prints_one_json_object_with_a_ratio(name: str, tmp_path: Path) -> None:
     result = run_benchmarks(name, "--smoke", "--json", "--threads", "1", home=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
