@@ -13,12 +13,12 @@ from pathlib import Path
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from open_clip.factory import load_state_dict
 from open_clip.model import CLIP
 from open_clip.model import resize_pos_embed
-from torch import nn
 
+from aaclip.attention import block_forward as run_block  # noqa: F401  (the block path, re-exported)
+from aaclip.attention import value_value_attention  # noqa: F401
 from aaclip.config import ModelConfig
 from aaclip.errors import BackboneError
 
@@ -180,49 +180,23 @@ def load_weights(clip: CLIP, path: Path, name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Blocks
-
-
-def run_block(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-              value_value: str | None = None) -> torch.Tensor:
-    """One open_clip residual block on batch-first tokens; `value_value` switches to V-V attention.
-
-    Written out (instead of calling block(x)) so the same frozen weights serve both the plain tower and the
-    "surgery" tower of Stage 1 without a second copy of the model in memory.
-    """
-    if value_value is None:
-        return block(x, attn_mask=attn_mask)
-    attention = value_value_attention(block.attn, block.ln_1(x), axis=value_value)
-    x = x + block.ls_1(attention)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
-
-
-def value_value_attention(attn: nn.MultiheadAttention, x: torch.Tensor, axis: str) -> torch.Tensor:
-    """softmax(V V^T / sqrt(d)) V with the block's own projections (reference §2.4, DPAM).
-
-    axis "tokens": each image's tokens attend to each other (the intended V-V attention).
-    axis "batch": at each token position the images of the batch attend to each other, which is what the
-    reference computes because it feeds a (tokens, batch, width) tensor to a batch-first module.
-    """
-    batch, tokens, width = x.shape
-    heads = attn.num_heads
-    value = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)[..., 2 * width:]
-    value = value.reshape(batch, tokens, heads, width // heads).transpose(1, 2)  # [B, H, L, d]
-    if axis == "batch":
-        value = value.permute(2, 1, 0, 3)  # [L, H, B, d]: attention runs over the batch
-    mixed = F.scaled_dot_product_attention(value, value, value)
-    if axis == "batch":
-        mixed = mixed.permute(2, 1, 0, 3)
-    return attn.out_proj(mixed.transpose(1, 2).reshape(batch, tokens, width))
+# Embeddings (the blocks themselves run through aaclip.attention)
 
 
 def vision_embed(clip: CLIP, images: torch.Tensor) -> torch.Tensor:
-    """conv1 -> tokens -> CLS -> positional -> ln_pre, batch-first [B, 1 + grid^2, width]."""
+    """conv1 -> tokens -> CLS -> positional -> ln_pre, batch-first [B, 1 + grid^2, width].
+
+    On a GPU the patch convolution runs channels-last (cuDNN's fast layout; the weight is converted once in
+    aaclip.session); on a CPU the default layout is as fast and the conversion would be a copy.
+    """
+    if images.is_cuda:
+        images = images.contiguous(memory_format=torch.channels_last)
     return clip.visual._embeds(images)
 
 
 def text_embed(clip: CLIP, tokens: torch.Tensor) -> torch.Tensor:
-    return clip.token_embedding(tokens) + clip.positional_embedding
+    """Token + positional embedding of the first tokens.shape[1] positions (a trimmed batch uses fewer)."""
+    return clip.token_embedding(tokens) + clip.positional_embedding[: tokens.shape[1]]
 
 
 def check_batch_first(clip: CLIP) -> None:

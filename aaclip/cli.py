@@ -58,8 +58,10 @@ def train(config: str = typer.Argument(..., help="Config file or shipped name (t
     settings = _config(config, overrides)
     check_train_start(settings, out, resume, test)  # before torch is imported and before --out is touched
     from aaclip.outputs import write_text_atomically
+    from aaclip.threads import available_cpus, configure_threads
     from aaclip.train import fit
 
+    configure_threads(available_cpus(), settings.data.workers)
     result = fit(settings, out_dir=out, on_epoch=_progress, resume=resume)
     final = dict(result.metrics)
     if test:
@@ -95,6 +97,35 @@ def evaluate(config: str = typer.Argument(..., help="Config file or shipped name
         return
     for key in sorted(results):
         typer.echo(f"{key:40s} {results[key]:8.2f}")
+
+
+@app.command()
+def profile(config: str = typer.Argument(..., help="Config file or shipped name"),
+            overrides: Optional[list[str]] = SetOption,
+            memory: Optional[float] = typer.Option(None, "--memory", help="Memory limit in GB: print the largest "
+                                                   "batch per stage that fits (e.g. a GPU's share)"),
+            repeats: int = typer.Option(3, "--repeats", min=1, help="Timed steps per stage (after one warm-up)"),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON")):
+    """Step time and peak memory per stage, and the largest batch within --memory: sizes resources.gpu."""
+    from aaclip.profile import as_dict, gpu_fraction, profile_config
+    from aaclip.session import resolve_device
+
+    if memory is not None and memory <= 0:
+        raise AaclipError(f"--memory: {memory} is not a positive number of GB")
+    settings = _config(config, overrides)
+    stages = profile_config(settings, repeats=repeats, memory_gb=memory)
+    fraction = gpu_fraction(max(stage.peak_bytes for stage in stages), resolve_device(settings.model.device))
+    if as_json:
+        typer.echo(json.dumps({"stages": [as_dict(stage) for stage in stages], "gpu_fraction": fraction}, indent=2))
+        return
+    for stage in stages:
+        line = (f"{stage.stage}: batch {stage.batch}  step {stage.step_s * 1000:.1f} ms  peak {stage.memory_kind} "
+                f"{stage.peak_bytes / 2**30:.2f} GB  (+{stage.bytes_per_image / 2**20:.1f} MB per image)")
+        if stage.largest_batch is not None:
+            line += f"  largest batch within {memory:g} GB: {stage.largest_batch}"
+        typer.echo(line)
+    if fraction is not None:
+        typer.echo(f"resources.gpu: {fraction:g} (the smallest 1/k of this GPU that holds the larger peak)")
 
 
 @diagnose_app.command("gradients")

@@ -32,6 +32,7 @@ class ModelConfig(Strict):
     quick_gelu: bool | None = None  # null: follow the weights (QuickGELU for OpenAI weights, reference Q1)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is used on GPU only (DESIGN §8)
     device: str = "auto"  # auto -> cuda when available, else cpu
+    compile: bool = False  # torch.compile the frozen blocks (pays off on a GPU for long runs; off by default)
 
     @field_validator("device")
     @classmethod

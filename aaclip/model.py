@@ -16,7 +16,8 @@ from torch import nn
 from aaclip import prompts
 from aaclip.adapters import Adapter, norm_matched_residual
 from aaclip.architecture import ArchitectureShape, check_fits
-from aaclip.backbone import BackboneInfo, check_batch_first, describe, run_block, text_embed, vision_embed
+from aaclip.attention import block_forward, is_causal_mask
+from aaclip.backbone import BackboneInfo, check_batch_first, describe, text_embed, vision_embed
 from aaclip.config import TrainConfig
 from aaclip.cross_attention import CrossAttention
 
@@ -33,6 +34,12 @@ def check_fits_backbone(config: TrainConfig, info: BackboneInfo) -> None:
     """The config against the built backbone (covers hub architectures that have no local JSON too)."""
     check_fits(config, ArchitectureShape(vision_layers=info.vision_layers, vision_width=info.vision_width,
                                          text_layers=info.text_layers, text_width=info.text_width, patch_size=None))
+
+
+def compiled_block_forward():
+    """torch.compile of the frozen block computation (model.compile). Parameters are graph inputs
+    (inlined nn.Modules), so blocks of one tower share a graph instead of recompiling per block."""
+    return torch.compile(block_forward, dynamic=False)
 
 
 class AdaptedCLIP(nn.Module):
@@ -62,6 +69,29 @@ class AdaptedCLIP(nn.Module):
                                               **shared)
         self.image_cross_attn = CrossAttention(width_v, width_t, scale=cross.image_scale,
                                                normalize_context=cross.normalize_context, **shared)
+        # Frozen blocks run batch-first over open_clip's weights (aaclip.attention); `stock_blocks` switches to
+        # open_clip's own block(x) path, which the equivalence tests and the step benchmark compare against.
+        self.stock_blocks = False
+        self.text_causal = is_causal_mask(clip.attn_mask)  # decided once: checking per call would sync a GPU
+        self._block_forward = compiled_block_forward() if config.model.compile else block_forward
+
+    def run_block(self, block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                  value_value: str | None = None) -> torch.Tensor:
+        if self.stock_blocks and value_value is None:
+            return block(x, attn_mask=attn_mask)
+        causal = attn_mask is not None and self.text_causal
+        return self._block_forward(block, x, attn_mask, value_value, causal)
+
+    def text_length(self, flat_tokens: torch.Tensor) -> int:
+        """Tokens the text tower must run to produce every sentence's EOT output.
+
+        With a causal mask (open_clip's text tower) and per-token adapters and cross-attention queries, a
+        token's output depends only on the tokens before it: the padding after the batch's last EOT never
+        reaches an EOT output. Prompts are ~10-15 tokens of 77, so this cuts the Stage-1 text tower ~5x.
+        """
+        if not self.text_causal:
+            return flat_tokens.shape[1]
+        return int(flat_tokens.argmax(dim=-1).max()) + 1
 
     def train(self, mode: bool = True) -> AdaptedCLIP:
         super().train(mode)
@@ -85,11 +115,14 @@ class AdaptedCLIP(nn.Module):
         Cross-attention is per class: the P prompts of a class all attend to that class's context. Queries
         attend independently, so the prompts of a class are simply concatenated into one query sequence.
         """
-        classes, per_class, length = tokens.shape
-        flat = tokens.reshape(classes * per_class, length)
+        classes, per_class, _ = tokens.shape
+        flat = tokens.reshape(classes * per_class, -1)
+        length = self.text_length(flat)
+        flat = flat[:, :length]
+        mask = self.clip.attn_mask[:length, :length]
         x = text_embed(self.clip, flat)
         for index, block in enumerate(self.clip.transformer.resblocks):
-            x = block(x, attn_mask=self.clip.attn_mask)
+            x = self.run_block(block, x, attn_mask=mask)
             if index == 0 and image_context is not None:
                 grouped = x.reshape(classes, per_class * length, -1)
                 x = self.text_cross_attn(grouped, image_context).reshape(classes * per_class, length, -1)
@@ -111,8 +144,8 @@ class AdaptedCLIP(nn.Module):
     def text_context(self, tokens: torch.Tensor) -> torch.Tensor:
         """[C, P*T, text width]: prompt tokens after text block 0 and adapter 0 (reference §7.4), for Stage 2."""
         classes, per_class, length = tokens.shape
-        x = self.clip.transformer.resblocks[0](text_embed(self.clip, tokens.reshape(-1, length)),
-                                               attn_mask=self.clip.attn_mask)
+        x = self.run_block(self.clip.transformer.resblocks[0], text_embed(self.clip, tokens.reshape(-1, length)),
+                           attn_mask=self.clip.attn_mask)
         if len(self.text_adapter) > 1:
             x = norm_matched_residual(x, self.text_adapter[0], self.adapters_config.text_weight)
         return x.reshape(classes, per_class * length, -1)
@@ -127,7 +160,7 @@ class AdaptedCLIP(nn.Module):
         x = vision_embed(self.clip, images)
         taps = []
         for index, block in enumerate(self.clip.visual.transformer.resblocks[: levels[-1]]):
-            x = block(x)
+            x = self.run_block(block, x)
             if index == 0 and text_context is not None:
                 x = self.image_cross_attn(x, text_context)
             if index < len(layer_adapters):
@@ -154,7 +187,7 @@ class AdaptedCLIP(nn.Module):
         taps = []
         for index, block in enumerate(self.clip.visual.transformer.resblocks[: levels[-1]]):
             axis = self.surgery_axis if index >= self.surgery_from_block else None
-            x = run_block(block, x, value_value=axis)
+            x = self.run_block(block, x, value_value=axis)
             if index + 1 in levels:
                 taps.append(F.normalize(self.clip.visual.ln_post(x[:, 1:]) @ self.clip.visual.proj, dim=-1))
         global_embedding = self.global_embedding(images)[:, None, :]

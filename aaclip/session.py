@@ -53,7 +53,10 @@ def build_model(config: TrainConfig, device: torch.device) -> AdaptedCLIP:
         torch.manual_seed(BACKBONE_INIT_SEED)
         clip = load_clip(config.model)
     torch.manual_seed(config.seed)  # adapter and cross-attention init follow the trial's seed
-    return AdaptedCLIP(clip, config).to(device)
+    model = AdaptedCLIP(clip, config).to(device)
+    if device.type == "cuda":
+        model.clip.visual.conv1.to(memory_format=torch.channels_last)  # see aaclip.backbone.vision_embed
+    return model
 
 
 class Session:

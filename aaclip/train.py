@@ -67,7 +67,8 @@ def text_stage_loss(session: Session, batch: dict, loop: int) -> torch.Tensor:
         # mixed batch as in the reference, §13.11).
         level0 = targets[:, 0]
         context = torch.stack([level0[class_index == c].mean(dim=0) for c in present])
-    anchors = model.class_anchors(session.train_tokens[present], context)[inverse]  # [B, E, 2]
+    with session.autocast():  # bf16 forward on a GPU; anchors and losses in fp32, weights stay fp32
+        anchors = model.class_anchors(session.train_tokens[present], context)[inverse].float()  # [B, E, 2]
     masks = batch["mask"].to(session.device)
     levels = range(targets.shape[1]) if config.stage1.loss_levels == "all" else [targets.shape[1] - 1]
     size = config.model.image_size
@@ -105,9 +106,11 @@ STAGE_LOSSES = {TEXT: text_stage_loss, IMAGE: image_stage_loss}
 
 
 def group_norms(groups: dict[str, list[nn.Parameter]]) -> dict[str, float]:
+    """Gradient norm per group, accumulated in float64: fp32 sums of squares drift by ~1e-5 relative, enough to
+    move a logged ratio (grad/image_adapter_share, the diagnostic's) in its fifth digit."""
     norms = {}
     for name, parameters in groups.items():
-        grads = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
+        grads = [p.grad.detach().double().norm() for p in parameters if p.grad is not None]
         norms[name] = torch.stack(grads).norm().item() if grads else 0.0
     return norms
 
@@ -121,6 +124,8 @@ def run_epoch(session: Session, plan: StagePlan, optimizer: torch.optim.Optimize
     schedule = config.optim.text_schedule if plan.stage == TEXT else config.optim.schedule
     loss_sum, norm_sums, steps, images, nonfinite = 0.0, dict.fromkeys(groups, 0.0), 0, 0, 0
     started = time.perf_counter()
+    if session.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(session.device)
     model.train()
     for batch in loader:
         factor = lr_factor(stage_step, total_steps, len(loader), config.optim, schedule)
@@ -141,7 +146,10 @@ def run_epoch(session: Session, plan: StagePlan, optimizer: torch.optim.Optimize
         loss_sum += loss.item()
         steps, stage_step, images = steps + 1, stage_step + 1, images + len(batch["label"])
     elapsed = time.perf_counter() - started
-    return epoch_metrics(plan, loss_sum, norm_sums, steps, images, nonfinite, elapsed, optimizer)
+    metrics = epoch_metrics(plan, loss_sum, norm_sums, steps, images, nonfinite, elapsed, optimizer)
+    if session.device.type == "cuda":  # sizes resources.gpu of a study (aaclip profile says more)
+        metrics["memory/cuda_peak_gb"] = torch.cuda.max_memory_allocated(session.device) / 2**30
+    return metrics
 
 
 def epoch_metrics(plan: StagePlan, loss_sum: float, norm_sums: dict[str, float], steps: int, images: int,

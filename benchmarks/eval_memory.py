@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="aaclip-small", choices=sorted(MODELS))
     parser.add_argument("--images", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: evaluate this root, print JSON
     args = parser.parse_args(argv)
     if args.child is not None:
@@ -88,12 +89,16 @@ def main(argv: list[str] | None = None) -> dict:
         runs = [measure(generate(Path(folder) / f"images-{count}", count, args.model), args.model)
                 for count in args.images]
     size = MODELS[args.model][0]
+    ratio = runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"]
+    figures = {"model": args.model, "image_size": size, "runs": runs, "ratio": ratio}
+    if args.json:
+        print(json.dumps({"benchmark": "eval-memory", **figures}, sort_keys=True))
+        return figures
     for run in runs:
         print(f"{args.model} at {size}px, {run['images']:5d} images: peak RSS {run['peak_rss_mb']:7.1f} MB "
               f"(+{run['evaluation_peak_mb']:.1f} MB above the model's), evaluation {run['seconds']:.1f}s")
-    ratio = runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"]
     print(f"ratio (peak at {runs[-1]['images']} / peak at {runs[0]['images']} images): {ratio:.3f}")
-    return {"model": args.model, "image_size": size, "runs": runs, "ratio": ratio}
+    return figures
 
 
 if __name__ == "__main__":

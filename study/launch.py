@@ -26,6 +26,7 @@ from aaclip.home import aaclip_home
 from study.asha_state import reported_history, restore_rungs
 from study.callbacks import Heartbeat, OutcomeRecorder, Progress
 from study.confirm import confirm_study
+from study.devices import check_cuda_where_gpus_go
 from study.errors import StudyError
 from study.guard import GradientGuard
 from study.interrupt import Interruption, StudyInterrupted
@@ -159,6 +160,7 @@ def check_cluster(study: Study) -> None:
     if resources.cpu > cpus:
         raise StudyError(f"{study.source}: trials.resources.cpu: {resources.cpu:g} CPUs per trial, but the cluster "
                          f"has {cpus:g}")
+    check_cuda_where_gpus_go(resources.gpu, study.source)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import ray.tune
 from aaclip.config import TrainConfig
 from aaclip.notices import recorded
 from study.callbacks import remove_scratch
+from study.devices import require_cuda_for_assigned_gpus
 from study.mlflow_env import CLIENT_SETTINGS
 from study.plots import gradient_flow_plot
 from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline
@@ -83,8 +84,11 @@ def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseli
                      tags: dict[str, str] | None = None) -> None:
     """Train one configuration inside a Tune trial, logged to its (re)opened MLflow child run of `role`."""
     from aaclip.data.splits import load_splits, split_summary
-    from aaclip.train import fit  # imported in the trial process only: torch and open_clip are slow to import
+    from aaclip.threads import configure_threads  # imported in the trial process only: torch is slow to import
+    from aaclip.train import fit
 
+    require_cuda_for_assigned_gpus()
+    configure_threads(assigned_cpus(), train_config.data.workers)
     splits = split_summary(load_splits(train_config.data))  # which images the trial saw; refuses val/test overlap
     tune_context = ray.tune.get_context()
     trial_id = tune_context.get_trial_id()
@@ -108,6 +112,11 @@ def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseli
         reporter.finish()
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def assigned_cpus() -> float:
+    """The CPUs Ray reserved for this trial (its resources.cpu), not the machine's core count."""
+    return ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
 
 
 @contextmanager
