@@ -72,7 +72,8 @@ def launch_refusal(storage: str) -> str:
                          "trials": {"num_samples": 2, "resources": {"cpu": 1, "gpu": 0.5}, "max_failures": 3},
                          "storage": storage}, source="wants-cuda.yaml")
     try:
-        run_study(study, tracking_uri="http://127.0.0.1:9")  # refused before the tracking server is needed
+        # A live server: the tracking check passes, so the refusal seen is the cluster's (before any write).
+        run_study(study, tracking_uri=os.environ["AACLIP_TEST_TRACKING_URI"])
     except StudyError as error:
         return str(error)
     return ""

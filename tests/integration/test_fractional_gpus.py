@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def observed(tmp_path_factory) -> dict:
+def observed(tmp_path_factory, mlflow_uri: str) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "AACLIP_TEST_TRACKING_URI": mlflow_uri,
            "AACLIP_HOME": str(tmp_path_factory.mktemp("fractional-home")), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run([sys.executable, str(ROOT / "tests/integration/fractional_gpus.py")], env=env,
