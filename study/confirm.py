@@ -1,4 +1,5 @@
-"""The confirmation phase of a study (spec `confirm: {top_k, seeds}`), run by the driver after the search.
+"""The confirmation phase of a study (spec `confirm: {top_k, seeds}`), run by the driver after the search, in the
+same session (study/driver.py: one parent run, heartbeat, Ctrl-C handling and closing for both phases).
 
 A search ranks configurations on one seed each, and seeds move the objective by more than most differences a
 study finds. So the top_k distinct configurations of the search rerun on fresh seeds (never used by the search),
