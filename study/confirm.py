@@ -184,7 +184,8 @@ def confirm_study(study: Study, context: TrialContext, storage: str, tracker: Tr
          f"configurations on fresh seeds {', '.join(map(str, seeds))} ({len(jobs)} runs: each configuration "
          "and its cross-attention-off twin on every seed, and the base model)")
     tuner = make_confirm_tuner(study, context, jobs, storage, restore_path=path if restoring else None)
-    results = run_phase(tuner, study, context, f"{study.name} confirmation")
+    # No "best completed" in its progress: the best single run may be a twin or the base; the verdict says more.
+    results = run_phase(tuner, study, context, f"{study.name} confirmation", show_best=False)
     tracker.drain()  # the confirmation runs' outcomes, which the verdict reads
     verdict = tracker.read(lambda client: study_verdict(client, client.get_run(run_id)), "the confirmed runs")
     if verdict is not None:
