@@ -118,8 +118,9 @@ class Progress(Callback):
     """One line when a trial ends, and at most every `every_s` seconds while trials run."""
 
     def __init__(self, study_name: str, metric: str, mode: str, every_s: float = 30.0, echo=print,
-                 interrupted: list[str] | None = None):
+                 interrupted: list[str] | None = None, show_best: bool = True):
         self.study_name, self.metric, self.mode = study_name, metric, mode
+        self.show_best = show_best  # off where the best single run means nothing (the confirmation's twins, base)
         self.interrupted = interrupted if interrupted is not None else []  # OutcomeRecorder's list, shared
         self.every_s = every_s
         self.echo = echo
@@ -146,7 +147,8 @@ class Progress(Callback):
         self.show(trials)  # on_trial_complete runs before Tune marks the trial TERMINATED: recount at the end
 
     def show(self, trials: list, force: bool = False) -> None:
-        line = progress_line(self.study_name, trials, self.metric, self.mode, self.scores, self.interrupted)
+        scores = self.scores if self.show_best else {}
+        line = progress_line(self.study_name, trials, self.metric, self.mode, scores, self.interrupted)
         if force or line != self.last_line:
             self.echo(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
         self.last_line, self.last_time = line, time.monotonic()

@@ -1,4 +1,5 @@
-"""The confirmation phase of a study (spec `confirm: {top_k, seeds}`), run by the driver after the search.
+"""The confirmation phase of a study (spec `confirm: {top_k, seeds}`), run by the driver after the search, in the
+same session (study/driver.py: one parent run, heartbeat, Ctrl-C handling and closing for both phases).
 
 A search ranks configurations on one seed each, and seeds move the objective by more than most differences a
 study finds. So the top_k distinct configurations of the search rerun on fresh seeds (never used by the search),
@@ -24,10 +25,11 @@ from mlflow.entities import Metric
 from ray import tune
 
 from aaclip.config import apply_overrides, read_yaml, validate_config
-from study.callbacks import OutcomeRecorder, Progress
+from study.driver import run_phase
 from study.guard import GradientGuard
 from study.spec import Study
-from study.tracking import tracking_client, trial_runs
+from study.spool import Tracker, batch_op
+from study.tracking import trial_runs
 from study.trainable import TrialContext, train_and_report
 from study.verdict import RANK, SEED, SOURCE, Verdict, format_verdict, ranked_search_trials, study_verdict
 
@@ -127,24 +129,21 @@ class JobNamer:
 
 def make_confirm_tuner(study: Study, context: TrialContext, jobs: list[dict[str, Any]], storage: str,
                        restore_path: str | None = None) -> tune.Tuner:
+    """The confirmation's Tuner, new or restored; its driver callbacks come with study/driver.py's run_phase."""
     resources = study.spec.trials.resources
     trainable = tune.with_resources(tune.with_parameters(run_confirm_trial, context=context, jobs=jobs),
                                     {"cpu": resources.cpu, "gpu": resources.gpu})
     if restore_path:
         return tune.Tuner.restore(restore_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     spec = study.spec
-    guard = GradientGuard(spec.guard)
     namer = JobNamer(study.name, jobs)
     # No scheduler: a confirmation compares full runs. Jobs run in plan order, seed by seed.
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.trials.max_concurrent,
                                   trial_name_creator=namer, trial_dirname_creator=namer)
     run_config = tune.RunConfig(
-        name=confirm_name(study.name), storage_path=storage, stop=guard, verbose=0,
+        name=confirm_name(study.name), storage_path=storage, stop=GradientGuard(spec.guard), verbose=0,
         failure_config=tune.FailureConfig(max_failures=spec.trials.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[OutcomeRecorder(study.name, context.experiment_id, guard, spec.scheduler.time_attr,
-                                   context.connect, Path(context.aaclip_home)),
-                   Progress(f"{study.name} confirmation", spec.objective.metric, spec.objective.mode)])
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     return tune.Tuner(trainable, param_space={JOB_KEY: tune.grid_search(list(range(len(jobs))))},
                       tune_config=tune_config, run_config=run_config)
 
@@ -157,47 +156,48 @@ def confirm_name(study_name: str) -> str:
 # The phase
 
 
-def confirm_study(study: Study, context: TrialContext, storage: str, echo: Echo = print) -> tuple[int, int]:
-    """Run (or, when its Tuner state exists, continue) the confirmation, after the search's Tuner (whose
-    environment settings it shares); returns (trials, failed trials)."""
+def confirm_study(study: Study, context: TrialContext, storage: str, tracker: Tracker,
+                  echo: Echo = print) -> tuple[int, int]:
+    """Run (or, when its Tuner state exists, continue) the confirmation: the second phase of the study's session
+    (study/driver.py), its MLflow writes through the driver's `tracker`; returns (trials, failed trials)."""
     if study.spec.confirm.top_k == 0:
         return 0, 0
-    client = tracking_client(context.tracking_uri)
-    parent = client.get_run(context.parent_run_id)
+    run_id = context.parent_run_id
     path = f"{storage}/{confirm_name(study.name)}"
     restoring = tune.Tuner.can_restore(path)
-    jobs = _logged_plan(client, parent) if restoring else plan_confirmation(client, parent, study)
+    if restoring:
+        jobs = tracker.read(lambda client: _logged_plan(client, run_id), "the confirmation plan")
+    else:
+        tracker.drain()  # the search's outcomes, which the plan ranks, all on the server first
+        jobs = tracker.read(lambda client: plan_confirmation(client, client.get_run(run_id), study),
+                            "the search's results")
     if not jobs:
         echo(f"study {study.name}: no searched trial completed; nothing to confirm (export falls back to the "
              "search's best)")
         return 0, 0
     if not restoring:
-        client.log_text(parent.info.run_id, yaml.safe_dump(jobs, sort_keys=False), PLAN_ARTIFACT)
-        client.set_tag(parent.info.run_id, PATH_TAG, path)
+        tracker.write({"op": "log_text", "run_id": run_id, "text": yaml.safe_dump(jobs, sort_keys=False),
+                       "artifact_file": PLAN_ARTIFACT})
+        tracker.write(batch_op(run_id, tags={PATH_TAG: path}))
     ranks, seeds = max(job["rank"] for job in jobs), sorted({job["seed"] for job in jobs})
     echo(f"study {study.name}: {'continuing' if restoring else 'starting'} the confirmation of the top {ranks} "
          f"configurations on fresh seeds {', '.join(map(str, seeds))} ({len(jobs)} runs: each configuration "
          "and its cross-attention-off twin on every seed, and the base model)")
     tuner = make_confirm_tuner(study, context, jobs, storage, restore_path=path if restoring else None)
-    client.update_run(parent.info.run_id, status="RUNNING")
-    try:
-        results = tuner.fit()
-    except BaseException:
-        client.set_terminated(parent.info.run_id, status="KILLED")
-        raise
-    verdict = study_verdict(client, client.get_run(parent.info.run_id))
+    # No "best completed" in its progress: the best single run may be a twin or the base; the verdict says more.
+    results = run_phase(tuner, study, context, f"{study.name} confirmation", show_best=False)
+    tracker.drain()  # the confirmation runs' outcomes, which the verdict reads
+    verdict = tracker.read(lambda client: study_verdict(client, client.get_run(run_id)), "the confirmed runs")
     if verdict is not None:
-        log_verdict(client, parent.info.run_id, verdict)
+        log_verdict(tracker, run_id, verdict)
         echo(format_verdict(verdict))
-    client.set_terminated(parent.info.run_id, status="FINISHED")
-    echo(f"study {study.name}: confirmation finished; next: aaclip-study status {study.name} | aaclip-study "
-         f"export {study.name} -o best.yaml (the best confirmed mean) | aaclip-study report {study.name}")
     return len(results), len(results.errors)
 
 
-def log_verdict(client, run_id: str, verdict: Verdict) -> None:
+def log_verdict(tracker: Tracker, run_id: str, verdict: Verdict) -> None:
     """The verdict on the parent run: whole as confirm/verdict.json, the headline numbers as metrics."""
-    client.log_text(run_id, json.dumps(verdict.to_dict(), indent=2), "confirm/verdict.json")
+    tracker.write({"op": "log_text", "run_id": run_id, "text": json.dumps(verdict.to_dict(), indent=2),
+                   "artifact_file": "confirm/verdict.json"})
     values = {"confirm/base_mean": verdict.base.mean}
     for row in verdict.rows:
         values |= {f"confirm/r{row.rank}_mean": row.on.mean, f"confirm/r{row.rank}_matched_off_mean": row.twin.mean,
@@ -206,9 +206,9 @@ def log_verdict(client, run_id: str, verdict: Verdict) -> None:
     if best is not None:
         values["confirm/best_mean"] = best.on.mean
     metrics = [Metric(key, value, int(time.time() * 1000), 0) for key, value in values.items() if value is not None]
-    client.log_batch(run_id, metrics=metrics)
+    tracker.write(batch_op(run_id, metrics=metrics))
 
 
-def _logged_plan(client, parent) -> list[dict[str, Any]]:
+def _logged_plan(client, run_id: str) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as folder:
-        return yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, PLAN_ARTIFACT, folder)).read_text())
+        return yaml.safe_load(Path(client.download_artifacts(run_id, PLAN_ARTIFACT, folder)).read_text())

@@ -11,7 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,20 +24,19 @@ from ray.tune.search import ConcurrencyLimiter
 
 from aaclip.home import aaclip_home
 from study.asha_state import reported_history, restore_rungs
-from study.callbacks import Heartbeat, OutcomeRecorder, Progress
 from study.confirm import confirm_study
 from study.devices import check_cuda_where_gpus_go
 from study.errors import StudyError
 from study.guard import GradientGuard
-from study.interrupt import Interruption, StudyInterrupted
+from study.driver import run_phase, study_session
 from study.locks import file_lock
 from study.preflight import check_launch_targets
 from study.searcher import INDEX_KEY, BaselineFirst, StudyOptunaSearch, is_baseline
 from study.server import resolve_tracking_uri
 from study.spec import Study, parse_study
-from study.spool import batch_op, replay_all, spool_root
+from study.spool import replay_all, spool_root
 from study.tracking import (
-    DRIVER_STATE, create_parent_run, ensure_experiment, find_parent_run, recorded_outcomes, require_parent_run,
+    create_parent_run, ensure_experiment, find_parent_run, recorded_outcomes, require_parent_run,
     runs_link, tracking_client,
 )
 from study.trainable import FORWARDED_ENV, TRACKING_SECRETS, TrialContext, run_trial
@@ -227,18 +226,9 @@ def make_tuner(study: Study, context: TrialContext, storage: str) -> tune.Tuner:
     run_config = tune.RunConfig(
         name=study.name, storage_path=storage, stop=guard, verbose=0,
         failure_config=tune.FailureConfig(max_failures=spec.trials.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=driver_callbacks(study, context, guard),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # driver callbacks: study/driver.py
     )
     return tune.Tuner(make_trainable(study, context), tune_config=tune_config, run_config=run_config)
-
-
-def driver_callbacks(study: Study, context: TrialContext, guard: GradientGuard) -> list:
-    """Outcomes to MLflow, the driver's heartbeat, progress lines; the first is what _execute inspects."""
-    spec = study.spec
-    recorder = OutcomeRecorder(study.name, context.experiment_id, guard, spec.scheduler.time_attr,
-                               context.connect, Path(context.aaclip_home))
-    return [recorder, Heartbeat(recorder.tracker, context.parent_run_id),
-            Progress(study.name, spec.objective.metric, spec.objective.mode, interrupted=recorder.interrupted)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -278,8 +268,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
             raise
         echo(f"study {study.name}: MLflow runs at {runs_link(uri, experiment_id)}")
         echo(f"  searcher: optuna-dashboard {optuna_storage_url(study)}")
-        result = _execute(tuner, study, context, experiment_path, echo)
-        return _with_confirmation(result, study, context, root, echo)
+        return _run_phases(tuner, study, context, experiment_path, echo)
     finally:
         if started:
             ray.shutdown()
@@ -324,56 +313,24 @@ def _create_parent(client, study: Study, experiment_id: str, experiment_path: st
     return run_id
 
 
-def _execute(tuner: tune.Tuner, study: Study, context: TrialContext, experiment_path: str, echo: Echo) -> StudyRun:
-    # Our results carry the objective only on evaluation epochs; Tune would otherwise refuse the others.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    # Every epoch checkpoints; Tune's advice to checkpoint less is noise here. MLflow's run links too.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Ray tables, our Progress lines only
-    # Save the experiment state every few seconds (default: >= 10 s): a killed driver then loses less, and
-    # `resume` repeats fewer trials whose end the searcher and MLflow have already recorded.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3")
-    os.environ["MLFLOW_TRACKING_URI"] = context.tracking_uri  # for the driver-side callbacks
-    recorder, heartbeat = tuner._local_tuner.get_run_config().callbacks[:2]  # noqa: SLF001 - see driver_callbacks
-    tracker = recorder.tracker
-    tracker.write({"op": "status", "run_id": context.parent_run_id, "status": "RUNNING"})
-    heartbeat.beat()
-    interruption = Interruption()
-    try:
-        with interruption:
-            results = tuner.fit()
-    except BaseException:
-        _close_parent(tracker, context, "KILLED", "crashed", wait_s=30.0)  # a crash should not hang as well
-        raise
-    if interruption.signal or recorder.interrupted:
-        _close_parent(tracker, context, "KILLED", "interrupted")
-        raise StudyInterrupted(f"study {study.name}: interrupted; trials are checkpointed. Continue it with "
-                               f"`aaclip-study resume {study.name}`", interruption.code)
-    _close_parent(tracker, context, "FINISHED", "finished")
+def _run_phases(tuner: tune.Tuner, study: Study, context: TrialContext, experiment_path: str,
+                echo: Echo) -> StudyRun:
+    """The search, then the confirmation (study/confirm.py), in one session: the parent run ends once, after
+    both, and the closing lines are printed once, at the very end."""
+    with study_session(study, context) as tracker:
+        search = run_phase(tuner, study, context, study.name)
+        confirm_trials, confirm_errors = confirm_study(study, context, experiment_path.rsplit("/", 1)[0], tracker,
+                                                       echo)
     left = replay_all(tracker.client, Path(context.aaclip_home), study.name)
     if left:
         echo(f"note: the tracking server is away; records of {len(left)} trial(s) stay in "
              f"{spool_root(Path(context.aaclip_home), study.name)} until `aaclip-study resume {study.name}`")
     echo(f"study {study.name}: finished; results in {experiment_path}")
     echo(f"  runs:   {runs_link(context.tracking_uri, context.experiment_id)}")
-    echo(f"  next:   aaclip-study status {study.name} | aaclip-study export {study.name} -o best.yaml")
+    echo(f"  next:   aaclip-study status {study.name} | aaclip-study export {study.name} -o best.yaml"
+         f"{' (the best confirmed mean)' if confirm_trials else ''} | aaclip-study report {study.name}")
     return StudyRun(study.name, context.tracking_uri, context.experiment_id, context.parent_run_id,
-                    experiment_path, len(results), len(results.errors))
-
-
-def _close_parent(tracker, context: TrialContext, status: str, driver_state: str,
-                  wait_s: float | None = None) -> None:
-    """The parent run's end, through the driver's spool (the server may be away right now)."""
-    tracker.write(batch_op(context.parent_run_id, tags={DRIVER_STATE: driver_state}))
-    tracker.write({"op": "terminate", "run_id": context.parent_run_id, "status": status})
-    tracker.drain(wait_s)
-
-
-def _with_confirmation(result: StudyRun, study: Study, context: TrialContext, root: str, echo: Echo) -> StudyRun:
-    """The search's result, with the confirmation phase (study/confirm.py) run or continued after it."""
-    trials, errors = confirm_study(study, context, root, echo)
-    return replace(result, trials=result.trials + trials, errors=result.errors + errors)
+                    experiment_path, len(search) + confirm_trials, len(search.errors) + confirm_errors)
 
 
 def study_from_parent(client, parent) -> Study:
@@ -388,12 +345,10 @@ def study_from_parent(client, parent) -> Study:
     return study
 
 
-def _restore_driver_state(tuner: tune.Tuner, study: Study, context: TrialContext, client, parent, echo: Echo) -> None:
-    """What Ray's saved state lacks: fresh driver callbacks (outcomes, heartbeat), ASHA's rungs as MLflow
+def _restore_scheduler(tuner: tune.Tuner, study: Study, client, parent, echo: Echo) -> None:
+    """What Ray's saved state lacks (fresh driver callbacks aside: study/driver.py): ASHA's rungs as MLflow
     recorded them, and the trials whose end is on record already (their decisions stand)."""
     internal = tuner._local_tuner  # noqa: SLF001 - Ray offers no public handle on a restored Tuner's parts
-    run_config = internal.get_run_config()
-    run_config.callbacks = driver_callbacks(study, context, run_config.stop)
     scheduler = internal._tune_config.scheduler  # noqa: SLF001
     if isinstance(scheduler, StudyASHA):
         history = reported_history(client, parent, study.spec.objective.metric, study.spec.scheduler.time_attr)
@@ -424,9 +379,8 @@ def resume_study(name: str, *, address: str | None = None, tracking_uri: str | N
                              f"{len(left)} trial(s) yet; resume again once it answers")
         tuner = tune.Tuner.restore(experiment_path, trainable=make_trainable(study, context),
                                    resume_unfinished=True, resume_errored=False)
-        _restore_driver_state(tuner, study, context, client, parent, echo)
-        result = _execute(tuner, study, context, experiment_path, echo)
-        return _with_confirmation(result, study, context, experiment_path.rsplit("/", 1)[0], echo)
+        _restore_scheduler(tuner, study, client, parent, echo)
+        return _run_phases(tuner, study, context, experiment_path, echo)
     finally:
         if started:
             ray.shutdown()

@@ -156,6 +156,8 @@ def _argv(case: Case, folder: Path, tiny_data: dict) -> list[str]:
         if "overrides" in changes_:
             changes_["overrides"] = {**base_spec("x", tiny_data)["overrides"], **changes_["overrides"]}
         spec = _merge(base_spec(f"bad-{case.name}", tiny_data), changes_)
+        if "overrides" in changes_:  # as written: _merge would drop the base's `data.test: null`
+            spec["overrides"] = changes_["overrides"]
         spec.setdefault("storage", str(folder / "ray_results"))
         spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     command = case.command or ["run", str(spec_file), *case.args]

@@ -1,16 +1,19 @@
 """The confirmation phase on a real two-node Ray cluster and a real MLflow server, its driver killed mid-way.
 
 A smoke-sized study (2 searched trials, 1 loop) confirms its best configuration on 2 fresh seeds: 2 runs with
-cross-attention on, their 2 matched twins (off) and the base model on both seeds. The driver is killed once a
-confirmation run has finished; `resume` must continue without rerunning it. Then every confirmed run has its
-twin (the same config apart from cross-attention, same seed), and the verdict equals a recomputation from the
-child runs' own metrics.
+cross-attention on, their 2 matched twins (off) and the base model on both seeds. The confirmation runs in the
+same driver session as the search (the parent run stays RUNNING, not yet closed); Ctrl-C once a confirmation run
+has finished stops it like a Ctrl-C in the search (exit 130, the resume command, the parent KILLED as
+interrupted), and `resume` must continue without rerunning that run. (A driver killed without a word is
+test_study_lifecycle's case; `resume` restores either the same way.) Then every confirmed run has its twin (the
+same config apart from cross-attention, same seed), and the verdict equals a recomputation from the child runs'
+own metrics.
 """
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from scipy import stats
 
 from study.export import export_trial
 from study.status import format_status, study_status
-from study.tracking import find_parent_run, trial_runs
+from study.tracking import DRIVER_STATE, find_parent_run, trial_runs
 from study.verdict import confirmation_runs, study_verdict
 
 NAME = "confirmed"
@@ -46,14 +49,26 @@ def test_confirmation_pairs_every_config_with_its_twin_and_resumes(ray_cluster, 
         driver = subprocess.Popen(cli.command("run", str(spec), "--address", address, "--tracking-uri", mlflow_uri),
                                   stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: finished_confirmations(client), 480, "a confirmation run finishes", driver)
-        time.sleep(5)  # past the next experiment-state save (every 3 s): Tune's state knows the run finished
+        running = find_parent_run(client, NAME)  # one session: the search did not close the parent run
+        assert running.info.status == "RUNNING" and DRIVER_STATE not in running.data.tags
         before = {run.info.run_id: run.info.end_time for run in finished_confirmations(client)}
-        driver.kill()
-        driver.wait(timeout=30)
+        driver.send_signal(signal.SIGINT)
+        code = driver.wait(timeout=180)
+    output = (tmp_path / "driver.log").read_text()
+    assert code == 130, output[-3000:]
+    assert f"aaclip-study resume {NAME}" in output and "finished" not in output, output[-3000:]
+    interrupted = find_parent_run(client, NAME)
+    assert interrupted.info.status == "KILLED" and interrupted.data.tags[DRIVER_STATE] == "interrupted"
+    assert study_status(client, NAME).state == "interrupted"
 
     resumed = cli.run("resume", NAME, "--address", address, "--tracking-uri", mlflow_uri)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "confirmed val/pixel_auroc on fresh seeds" in resumed.stdout
+    assert "continuing the confirmation" in resumed.stdout
+    verdict_at, finished_at = (resumed.stdout.index("confirmed val/pixel_auroc on fresh seeds"),
+                               resumed.stdout.index(f"study {NAME}: finished"))
+    assert verdict_at < finished_at and resumed.stdout.count("finished;") == 1  # the closing lines once, last
+    ended = find_parent_run(client, NAME)
+    assert ended.info.status == "FINISHED" and ended.data.tags[DRIVER_STATE] == "finished"
 
     parent = find_parent_run(client, NAME)
     runs = confirmation_runs(client, parent)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
-from study.callbacks import progress_line, trial_outcome
+from study.callbacks import Progress, progress_line, trial_outcome
 from study.guard import GradientGuard
 from study.mlflow_env import client_settings
 from study.spec import GuardSpec
@@ -53,3 +53,16 @@ def test_progress_line_after_ctrl_c_counts_stopped_trials_as_interrupted():
     trials = [trial("a", "TERMINATED", **{"trial/completed": 1.0}), trial("b", "TERMINATED"), trial("c", "TERMINATED")]
     line = progress_line("s", trials, "val/pixel_auroc", "max", {}, interrupted=["b", "c"])
     assert "1 done, 0 pruned/stopped" in line and "2 interrupted" in line
+
+
+def test_confirmation_progress_names_no_best_run():
+    """The confirmation's best single run may be a twin or the base model: its lines count runs only."""
+    lines = []
+    done = trial("a", "TERMINATED", **{"trial/completed": 1.0})
+    for progress in (Progress("s", "val/pixel_auroc", "max", echo=lambda line, **_: lines.append(line)),
+                     Progress("s confirmation", "val/pixel_auroc", "max", echo=lambda line, **_: lines.append(line),
+                              show_best=False)):
+        progress.on_trial_result(0, [done], done, {"trial/completed": 1.0, "val/pixel_auroc": 61.0})
+        progress.show([done], force=True)
+    assert "best completed: val/pixel_auroc 61" in lines[0]
+    assert lines[1].endswith("s confirmation: 1 done, 0 pruned/stopped, 0 failed, 0 running, 0 pending")
