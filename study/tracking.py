@@ -79,14 +79,22 @@ def runs_link(uri: str, experiment_id: str) -> str:
     return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
 
 
+# MLflow 3's UI opens an experiment by this tag: without it, on its GenAI pages (traces, judges); with it, on the
+# model-training runs table. The value is the UI's own constant (server/js: CUSTOM_MODEL_DEVELOPMENT).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             raise StudyError(f"tracking.experiment: MLflow experiment {name!r} is deleted; restore it or rename")
+        if not any(experiment.tags.get(key) for key in EXPERIMENT_KIND):  # a user's own choice stays
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
     except MlflowException:  # created by another process in the meantime
         return client.get_experiment_by_name(name).experiment_id
 
