@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from aaclip.command_line import invoke
 from aaclip.errors import AaclipError
 from aaclip.notices import show_as_one_line
 
@@ -180,11 +181,11 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     quiet_libraries()
     warnings.showwarning = show_as_one_line
     try:
-        app()
+        invoke(app, argv)
     except AaclipError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)

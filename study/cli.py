@@ -16,6 +16,7 @@ from typing import Optional
 
 import typer
 
+from aaclip.command_line import invoke
 from aaclip.errors import AaclipError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     from study.interrupt import StudyInterrupted
 
     try:
-        app(args=argv)  # standalone: typer reports usage errors itself (exit 2) and exits
+        invoke(app, argv)  # usage mistakes too: one line, exit 2
     except AaclipError as error:
         note(f"error: {error}")
         sys.exit(2)
