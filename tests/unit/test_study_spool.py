@@ -114,3 +114,31 @@ def test_a_line_torn_by_a_killed_writer_is_skipped(store, tmp_path):
         handle.write('{"op": "log_batch", "run_id": "')  # SIGKILL in the middle of a write
     spool.replay(client)
     assert client.get_run(run_id).data.tags["kept"] == "yes" and not spool.pending()
+
+
+def test_resume_replays_what_dead_workers_and_the_driver_left(store, tmp_path):
+    """`resume` calls replay_all first: every trial's spool of the study (and only of that study) is sent,
+    in order, and emptied; while the server is still away, the folders are kept and named."""
+    from study.spool import replay_all, spool_root
+
+    uri, client, experiment = store
+    runs = {name: client.create_run(experiment).info.run_id for name in ("trial-a", "trial-b", "other")}
+    for name in ("trial-a", "trial-b"):
+        spool = Spool(spool_root(tmp_path, "study") / name)
+        for step in (1, 2):
+            spool.add(batch_op(runs[name], metrics=[Metric("val/pixel_auroc", 50.0 + step, 1000 + step, step)]))
+        spool.add({"op": "terminate", "run_id": runs[name], "status": "FINISHED"})
+    Spool(spool_root(tmp_path, "another-study") / "other").add(batch_op(runs["other"], params={"lr": "0.1"}))
+
+    away = Switchable(uri)  # still away: nothing is lost, both folders are reported
+    assert replay_all(away(), tmp_path, "study") == ["trial-a", "trial-b"]
+    assert Spool(spool_root(tmp_path, "study") / "trial-a").pending()
+
+    assert replay_all(client, tmp_path, "study") == []
+    for name in ("trial-a", "trial-b"):
+        history = client.get_metric_history(runs[name], "val/pixel_auroc")
+        assert [(point.step, point.value) for point in history] == [(1, 51.0), (2, 52.0)]
+        assert client.get_run(runs[name]).info.status == "FINISHED"
+        assert not Spool(spool_root(tmp_path, "study") / name).pending()
+    assert Spool(spool_root(tmp_path, "another-study") / "other").pending()  # another study's spool waits
+    assert client.get_run(runs["other"]).data.params == {}
