@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from aaclip import losses
-from aaclip.checkpoint import load_adapters, load_into, load_state, read_base_adapters, save_checkpoint
+from aaclip.checkpoint import load_into, load_state, load_trained, read_base_adapters, save_checkpoint
 from aaclip.config import TrainConfig
 from aaclip.data.splits import split_summary
 from aaclip.metric_names import REPORTED_METRICS  # noqa: F401  (re-exported for callers of fit)
 from aaclip.notices import in_own_scope, recorded
 from aaclip.outputs import write_text_atomically
-from aaclip.schedule import IMAGE, TEXT, StagePlan, feedback_plan, loop_lr, lr_factor
+from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan, feedback_plan, loop_lr, lr_factor
 from aaclip.session import Session, build_session
 
 EpochCallback = Callable[[dict[str, float], Path], None]
@@ -154,7 +154,7 @@ def run_epoch(session: Session, plan: StagePlan, optimizer: torch.optim.Optimize
 
 def epoch_metrics(plan: StagePlan, loss_sum: float, norm_sums: dict[str, float], steps: int, images: int,
                   nonfinite: int, elapsed: float, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    name = "text" if plan.stage == TEXT else "image"
+    name = plan.stage.part
     mean_norms = {f"grad/{group}": total / max(1, steps - nonfinite) for group, total in norm_sums.items()}
     metrics = {f"train/{name}_loss": loss_sum / max(1, steps), **mean_norms,
                f"lr/{name}": optimizer.param_groups[0]["lr"], "train/nonfinite_steps": float(nonfinite),
@@ -197,7 +197,7 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
     else:
         apply_init(session)
     write_text_atomically(out_dir / "config.yaml", config.to_yaml())  # the first write: every check has passed
-    optimizers: dict[int, torch.optim.Optimizer] = {}
+    optimizers: dict[Stage, torch.optim.Optimizer] = {}
     while position.plan_index < len(plan):
         stage_plan = plan[position.plan_index]
         optimizer = stage_optimizer(session, stage_plan, optimizers, optimizer_states)
@@ -271,8 +271,9 @@ def write_checkpoint(session: Session, folder: Path, position: Position, optimiz
         "position": {"plan_index": position.plan_index, "epochs_done_in_stage": position.epochs_done_in_stage,
                      "epoch": position.epoch, "step": position.step},
         "history": position.history,
-        "optimizers": {stage: optimizer.state_dict() for stage, optimizer in optimizers.items()},
-        "optimizer_loops": {stage: optimizer.loop for stage, optimizer in optimizers.items()},
+        # int keys: a Stage member would not load back under torch.load(weights_only=True)
+        "optimizers": {int(stage): optimizer.state_dict() for stage, optimizer in optimizers.items()},
+        "optimizer_loops": {int(stage): optimizer.loop for stage, optimizer in optimizers.items()},
         "rng": torch.get_rng_state(),
     }
     return save_checkpoint(folder, session.model.trainable_state(), state, session.config)
@@ -280,7 +281,7 @@ def write_checkpoint(session: Session, folder: Path, position: Position, optimiz
 
 def restore(session: Session, folder: Path) -> tuple[Position, dict]:
     state = load_state(folder, session.config)
-    load_into(session.model, load_adapters(folder) | clip_state(session.model), str(folder / "adapters.pt"))
+    load_trained(session.model, folder)
     torch.set_rng_state(state["rng"])
     saved = state["position"]
     position = Position(saved["plan_index"], saved["epochs_done_in_stage"], saved["epoch"], saved["step"],
@@ -288,13 +289,9 @@ def restore(session: Session, folder: Path) -> tuple[Position, dict]:
     plan = feedback_plan(session.config.feedback)
     if position.epochs_done_in_stage == plan[position.plan_index].epochs:  # the checkpoint closed a stage
         position.plan_index, position.epochs_done_in_stage = position.plan_index + 1, 0
-    optimizers = {int(stage): (state["optimizer_loops"][stage], optimizer)
+    optimizers = {Stage(stage): (state["optimizer_loops"][stage], optimizer)
                   for stage, optimizer in state["optimizers"].items()}
     return position, optimizers
-
-
-def clip_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {key: value for key, value in model.state_dict().items() if key.startswith("clip.")}
 
 
 def apply_init(session: Session) -> None:

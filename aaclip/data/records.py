@@ -7,7 +7,6 @@ names the file.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -19,6 +18,7 @@ import numpy as np
 from aaclip.config import DatasetSpec
 from aaclip.data.decode import header_size
 from aaclip.errors import DataError
+from aaclip.seeds import stable_seed
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
@@ -34,12 +34,6 @@ class Record:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers the layout readers share
-
-
-def stable_seed(*parts: object) -> int:
-    """A 63-bit seed from the parts' text. hashlib, not hash(): Python salts str hashes per process."""
-    text = "\x1f".join(str(part) for part in parts)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 def make_record(root: Path, image: str, mask: str | None, label: int, class_name: str) -> Record:

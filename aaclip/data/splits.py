@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from aaclip.config import HoldoutConfig
-from aaclip.data.records import Record, load_records, stable_seed
+from aaclip.data.records import Record, load_records
 from aaclip.errors import DataError
+from aaclip.seeds import stable_seed
 
 if TYPE_CHECKING:
     from aaclip.config import DataConfig

@@ -33,10 +33,10 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from aaclip.data.records import stable_seed
 from aaclip.errors import DataError
 from aaclip.home import aaclip_home
 from aaclip.prompts import SYNTHETIC_DOMAINS
+from aaclip.seeds import stable_seed
 
 DEFECT_TYPES = ("scratch", "spot", "crack", "stain", "missing")
 # Three defect types per class; each domain covers all five, so both domains share the same defect vocabulary.
