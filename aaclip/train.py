@@ -20,7 +20,6 @@ from aaclip import losses
 from aaclip.checkpoint import load_into, load_state, load_trained, read_base_adapters, save_checkpoint
 from aaclip.config import TrainConfig
 from aaclip.data.splits import split_summary
-from aaclip.metric_names import REPORTED_METRICS  # noqa: F401  (re-exported for callers of fit)
 from aaclip.notices import in_own_scope, recorded
 from aaclip.outputs import write_text_atomically
 from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan, feedback_plan, loop_lr, lr_factor
@@ -35,6 +34,13 @@ class FitResult:
     metrics: dict[str, float]
     history: list[dict[str, float]]
     out_dir: Path
+
+
+@dataclass
+class LoopOptimizer:
+    """A stage's optimizer and the feedback loop it was made for: a new loop may need a fresh one."""
+    loop: int
+    optimizer: torch.optim.Optimizer
 
 
 @dataclass
@@ -197,7 +203,7 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
     else:
         apply_init(session)
     write_text_atomically(out_dir / "config.yaml", config.to_yaml())  # the first write: every check has passed
-    optimizers: dict[Stage, torch.optim.Optimizer] = {}
+    optimizers: dict[Stage, LoopOptimizer] = {}
     while position.plan_index < len(plan):
         stage_plan = plan[position.plan_index]
         optimizer = stage_optimizer(session, stage_plan, optimizers, optimizer_states)
@@ -223,23 +229,23 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
     return FitResult(final, position.history, out_dir)
 
 
-def stage_optimizer(session: Session, plan: StagePlan, optimizers: dict, saved: dict) -> torch.optim.Optimizer:
+def stage_optimizer(session: Session, plan: StagePlan, optimizers: dict[Stage, LoopOptimizer],
+                    saved: dict) -> torch.optim.Optimizer:
     """The stage's optimizer for this loop: fresh at each loop when feedback.reset_optimizer (the reference),
     else carrying its moments over. A state saved in a checkpoint is restored the same way."""
     current = optimizers.get(plan.stage)
     if current is not None and current.loop == plan.loop:
-        return current
+        return current.optimizer
     optimizer = make_optimizer(session, plan)
     reset = session.config.feedback.reset_optimizer
     saved_loop, carried = saved.pop(plan.stage, (None, None))
     if reset and saved_loop != plan.loop:  # a state saved in an earlier loop is one a fresh run would reset
         carried = None
     if carried is None and current is not None and not reset:
-        carried = current.state_dict()
+        carried = current.optimizer.state_dict()
     if carried is not None:  # moments and step counts carry over; learning rates are this loop's
         optimizer.load_state_dict({**carried, "param_groups": optimizer.state_dict()["param_groups"]})
-    optimizer.loop = plan.loop
-    optimizers[plan.stage] = optimizer
+    optimizers[plan.stage] = LoopOptimizer(plan.loop, optimizer)
     return optimizer
 
 
@@ -266,14 +272,15 @@ def evaluation_due(config: TrainConfig, plan: StagePlan, position: Position) -> 
 # Checkpoints and starting points
 
 
-def write_checkpoint(session: Session, folder: Path, position: Position, optimizers: dict) -> Path:
+def write_checkpoint(session: Session, folder: Path, position: Position,
+                     optimizers: dict[Stage, LoopOptimizer]) -> Path:
     state = {
         "position": {"plan_index": position.plan_index, "epochs_done_in_stage": position.epochs_done_in_stage,
                      "epoch": position.epoch, "step": position.step},
         "history": position.history,
         # int keys: a Stage member would not load back under torch.load(weights_only=True)
-        "optimizers": {int(stage): optimizer.state_dict() for stage, optimizer in optimizers.items()},
-        "optimizer_loops": {int(stage): optimizer.loop for stage, optimizer in optimizers.items()},
+        "optimizers": {int(stage): entry.optimizer.state_dict() for stage, entry in optimizers.items()},
+        "optimizer_loops": {int(stage): entry.loop for stage, entry in optimizers.items()},
         "rng": torch.get_rng_state(),
     }
     return save_checkpoint(folder, session.model.trainable_state(), state, session.config)

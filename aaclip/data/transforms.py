@@ -74,10 +74,6 @@ def mask_to_tensor(mask: Image.Image, size: int) -> torch.Tensor:
     return (F.pil_to_tensor(resized) != 0).to(torch.float32)
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    return image_to_tensor(open_rgb(path), size)
-
-
 def load_mask(path: Path, size: int) -> torch.Tensor:
     return mask_to_tensor(open_mask(path), size)
 
