@@ -71,6 +71,14 @@ def load_adapters(folder: Path) -> dict[str, torch.Tensor]:
     return adapters
 
 
+def load_trained(model: nn.Module, folder: Path) -> None:
+    """A checkpoint's trainable weights into a model whose frozen CLIP is already built: adapters.pt holds only
+    the trainable part, so the model's own CLIP weights complete the strict load."""
+    folder = Path(folder)
+    frozen = {key: value for key, value in model.state_dict().items() if key.startswith("clip.")}
+    load_into(model, load_adapters(folder) | frozen, str(folder / "adapters.pt"))
+
+
 def load_into(module: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
     """Strict load with a message that names the first offending key instead of a wall of text."""
     expected = module.state_dict()

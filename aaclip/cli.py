@@ -72,14 +72,13 @@ def train(config: str = typer.Argument(..., help="Config file or shipped name (t
 
 
 def _evaluate(settings, checkpoint: Path, split: str) -> dict:
-    from aaclip.checkpoint import load_adapters, load_into
+    from aaclip.checkpoint import load_trained
     from aaclip.session import build_session
-    from aaclip.train import clip_state
 
     if split == "test" and settings.data.test is None:
         raise AaclipError("data.test is not set in the config: nothing to evaluate for --split test")
     session = build_session(settings)
-    load_into(session.model, load_adapters(checkpoint) | clip_state(session.model), str(checkpoint))
+    load_trained(session.model, checkpoint)
     return session.evaluate(loop=0, split=split)
 
 

@@ -8,16 +8,28 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from aaclip.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
+
+
+@dataclass(frozen=True)
+class PathField:
+    """Marks a field that holds a file-system path: a study resolves it against the driver's folder."""
+    or_tag: bool = False  # the value may instead be a name (an open_clip pretrained tag): no slash, no suffix
+
+
+PathOrNone = Annotated[str | None, PathField()]
 
 
 class Strict(BaseModel):
@@ -27,7 +39,7 @@ class Strict(BaseModel):
 class ModelConfig(Strict):
     name: str = "ViT-L-14-336"
     # An open_clip pretrained tag ("openai"), a local weights file, or null for random init (tests only).
-    pretrained: str | None = "openai"
+    pretrained: Annotated[str | None, PathField(or_tag=True)] = "openai"
     image_size: int = Field(518, gt=0)
     quick_gelu: bool | None = None  # null: follow the weights (QuickGELU for OpenAI weights, reference Q1)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is used on GPU only (DESIGN §8)
@@ -127,7 +139,7 @@ class HoldoutConfig(Strict):
 
 class DatasetSpec(Strict):
     kind: Literal["mvtec", "visa", "jsonl", "synthetic"]
-    root: str | None = None  # synthetic: defaults to $AACLIP_HOME/data/synthetic-<domain>-<seed>
+    root: PathOrNone = None  # synthetic: defaults to $AACLIP_HOME/data/synthetic-<domain>-<seed>
     categories: list[str] | None = None
     split: str = "test"  # the reference trains and evaluates on the datasets' test splits (§6.3)
     holdout: HoldoutConfig | None = None  # applied after categories, before shots
@@ -185,13 +197,13 @@ class EvalConfig(Strict):
 
 
 class InitConfig(Strict):
-    text_adapter: str | None = None  # this project's checkpoint dir or the reference's text_adapter.pth
-    image_adapter: str | None = None
+    text_adapter: PathOrNone = None  # this project's checkpoint dir or the reference's text_adapter.pth
+    image_adapter: PathOrNone = None
 
 
 class CacheConfig(Strict):
     features: bool = True
-    dir: str | None = None  # default $AACLIP_HOME/cache/features
+    dir: PathOrNone = None  # default $AACLIP_HOME/cache/features
 
 
 class TrainConfig(Strict):
@@ -326,10 +338,6 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return apply_overrides({}, flat)
 
 
-PATH_KEYS = ("data.train.root", "data.val.root", "data.test.root", "init.text_adapter", "init.image_adapter",
-             "cache.dir", "model.pretrained")
-
-
 def resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative paths (dataset roots, base adapters, weights files) made absolute against `base`.
 
@@ -338,11 +346,11 @@ def resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """
     flat = flatten(data)
     resolved = {}
-    for key in PATH_KEYS:
+    for key, marker in path_fields().items():
         value = flat.get(key)
         if not isinstance(value, str) or Path(value).expanduser().is_absolute():
             continue
-        if key == "model.pretrained" and "/" not in value and not Path(value).suffix:
+        if marker.or_tag and "/" not in value and not Path(value).suffix:
             continue
         resolved[key] = str((base / value).resolve())
     return apply_overrides(data, resolved) if resolved else data
@@ -350,19 +358,26 @@ def resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def config_keys() -> set[str]:
     """Every dotted leaf key of TrainConfig, for validating a study's search space up front."""
-    return _schema_keys(TrainConfig)
+    keys = set()
+    for key, field, section in _schema_fields(TrainConfig):
+        # a section is no key, except an optional one, which can be set to null as a whole
+        if section is None or type(None) in getattr(field.annotation, "__args__", ()):
+            keys.add(key)
+    return keys
 
 
-def _schema_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
-    keys: set[str] = set()
+def path_fields() -> dict[str, PathField]:
+    """Dotted key -> marker of every TrainConfig field marked as a path (see PathField)."""
+    return {key: marker for key, field, _ in _schema_fields(TrainConfig)
+            for marker in field.metadata if isinstance(marker, PathField)}
+
+
+def _schema_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo, type | None]]:
+    """(dotted key, field, nested section model or None) of every field, sections' fields included."""
     for name, field in model.model_fields.items():
         annotation = field.annotation
         nested = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)
                   and issubclass(a, BaseModel)]
+        yield f"{prefix}{name}", field, (nested[0] if nested else None)
         if nested:
-            keys |= _schema_keys(nested[0], f"{prefix}{name}.")
-            if type(None) in getattr(annotation, "__args__", ()):  # an optional section is a key when null
-                keys.add(f"{prefix}{name}")
-        else:
-            keys.add(f"{prefix}{name}")
-    return keys
+            yield from _schema_fields(nested[0], f"{prefix}{name}.")

@@ -19,11 +19,9 @@ from typing import Iterator
 import torch
 
 from aaclip.config import TrainConfig
-from aaclip.schedule import IMAGE, TEXT, StagePlan
+from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan
 from aaclip.session import Session, build_session
 from aaclip.train import STAGE_LOSSES, make_optimizer
-
-STAGE_NAMES = {TEXT: "stage1-text", IMAGE: "stage2-image"}
 
 
 @dataclass
@@ -37,18 +35,18 @@ class StageProfile:
     largest_batch: int | None  # within the memory limit asked for, None without one
 
 
-def stage_plan(stage: int) -> StagePlan:
+def stage_plan(stage: Stage) -> StagePlan:
     return StagePlan(loop=1, stage=stage, epochs=1)
 
 
-def stage_batch(session: Session, stage: int, size: int) -> dict:
+def stage_batch(session: Session, stage: Stage, size: int) -> dict:
     """A real batch of `size` items of the stage's training data (items repeat when the data has fewer)."""
     dataset = session.datasets[stage]
     items = [dataset[index % len(dataset)] for index in range(size)]
     return session.collate(items)
 
 
-def train_step(session: Session, stage: int, batch: dict, optimizer: torch.optim.Optimizer) -> float:
+def train_step(session: Session, stage: Stage, batch: dict, optimizer: torch.optim.Optimizer) -> float:
     loss = STAGE_LOSSES[stage](session, batch, 1)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -61,7 +59,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(session: Session, stage: int, batch: dict, repeats: int, warmup: int = 1) -> list[float]:
+def time_steps(session: Session, stage: Stage, batch: dict, repeats: int, warmup: int = 1) -> list[float]:
     """Seconds per step, after `warmup` steps (which also fill the feature cache of Stage 1)."""
     session.prepare_stage(stage_plan(stage))
     session.model.train()
@@ -112,7 +110,7 @@ def peak_memory(device: torch.device, interval_s: float = 0.002) -> Iterator[dic
         result["bytes"] = max(result["bytes"], resident_bytes())
 
 
-def step_peak(session: Session, stage: int, size: int) -> tuple[int, str]:
+def step_peak(session: Session, stage: Stage, size: int) -> tuple[int, str]:
     batch = stage_batch(session, stage, size)
     time_steps(session, stage, batch, repeats=0, warmup=1)  # optimizer state and caches exist before measuring
     with peak_memory(session.device) as peak:
@@ -130,7 +128,7 @@ def largest_batch(base_bytes: float, per_image: float, limit_bytes: float) -> in
 # The profile of a configuration
 
 
-def profile_stage(session: Session, stage: int, repeats: int, limit_bytes: float | None) -> StageProfile:
+def profile_stage(session: Session, stage: Stage, repeats: int, limit_bytes: float | None) -> StageProfile:
     size = session.batch_size(stage)
     small, large = max(1, size // 2), max(2, size)
     peak_small, _ = step_peak(session, stage, small)
@@ -138,7 +136,7 @@ def profile_stage(session: Session, stage: int, repeats: int, limit_bytes: float
     per_image = max(0.0, (peak_large - peak_small) / (large - small))
     fits = None if limit_bytes is None else largest_batch(peak_large - per_image * large, per_image, limit_bytes)
     times = time_steps(session, stage, stage_batch(session, stage, size), repeats)
-    return StageProfile(STAGE_NAMES[stage], size, statistics.median(times), peak_large, kind, per_image, fits)
+    return StageProfile(stage.label, size, statistics.median(times), peak_large, kind, per_image, fits)
 
 
 def profile_config(config: TrainConfig, repeats: int = 3, memory_gb: float | None = None) -> list[StageProfile]:

@@ -7,16 +7,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import IntEnum
 
 from aaclip.config import FeedbackConfig, OptimConfig
 
-TEXT, IMAGE = 1, 2
+
+class Stage(IntEnum):
+    """The two stages of a feedback loop. An int, so metrics, JSON and checkpoints keep recording 1 and 2."""
+    TEXT = 1
+    IMAGE = 2
+
+    @property
+    def part(self) -> str:
+        """The model part the stage trains, as metric names spell it: "text" or "image"."""
+        return self.name.lower()
+
+    @property
+    def label(self) -> str:
+        """How reports name the stage: "stage1-text", "stage2-image"."""
+        return f"stage{self.value}-{self.part}"
+
+
+TEXT, IMAGE = Stage.TEXT, Stage.IMAGE
 
 
 @dataclass(frozen=True)
 class StagePlan:
     loop: int  # 1-based
-    stage: int  # TEXT or IMAGE
+    stage: Stage
     epochs: int
 
 

@@ -3,7 +3,6 @@ anchors and text contexts. `aaclip.train` drives it; `aaclip.diagnostics` and th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 from pathlib import Path
@@ -22,14 +21,11 @@ from aaclip.evaluate import evaluate_records
 from aaclip.features import FeatureCache, cache_key, cached_targets
 from aaclip.home import aaclip_home
 from aaclip.model import AdaptedCLIP
-from aaclip.schedule import IMAGE, TEXT, StagePlan
+from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan
+from aaclip.seeds import stable_seed
 
 log = logging.getLogger(__name__)
 BACKBONE_INIT_SEED = 0  # a random-init backbone is the same "frozen CLIP" in every trial, whatever config.seed
-
-
-def stable_seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") % (2**63)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -102,10 +98,10 @@ class Session:
     # -------------------------------------------------------------------------------------------------------------
     # Data
 
-    def batch_size(self, stage: int) -> int:
+    def batch_size(self, stage: Stage) -> int:
         return self.config.data.text_batch if stage == TEXT else self.config.data.image_batch
 
-    def steps_per_epoch(self, stage: int) -> int:
+    def steps_per_epoch(self, stage: Stage) -> int:
         return math.ceil(len(self.datasets[stage]) / self.batch_size(stage))
 
     def loader(self, plan: StagePlan, epoch_in_stage: int) -> DataLoader:

@@ -17,13 +17,12 @@ import torch
 from torch import nn
 
 from aaclip import losses
-from aaclip.checkpoint import load_adapters, load_into, load_state, read_base_adapters, save_checkpoint
+from aaclip.checkpoint import load_into, load_state, load_trained, read_base_adapters, save_checkpoint
 from aaclip.config import TrainConfig
 from aaclip.data.splits import split_summary
-from aaclip.metric_names import REPORTED_METRICS  # noqa: F401  (re-exported for callers of fit)
 from aaclip.notices import in_own_scope, recorded
 from aaclip.outputs import write_text_atomically
-from aaclip.schedule import IMAGE, TEXT, StagePlan, feedback_plan, loop_lr, lr_factor
+from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan, feedback_plan, loop_lr, lr_factor
 from aaclip.session import Session, build_session
 
 EpochCallback = Callable[[dict[str, float], Path], None]
@@ -35,6 +34,13 @@ class FitResult:
     metrics: dict[str, float]
     history: list[dict[str, float]]
     out_dir: Path
+
+
+@dataclass
+class LoopOptimizer:
+    """A stage's optimizer and the feedback loop it was made for: a new loop may need a fresh one."""
+    loop: int
+    optimizer: torch.optim.Optimizer
 
 
 @dataclass
@@ -154,7 +160,7 @@ def run_epoch(session: Session, plan: StagePlan, optimizer: torch.optim.Optimize
 
 def epoch_metrics(plan: StagePlan, loss_sum: float, norm_sums: dict[str, float], steps: int, images: int,
                   nonfinite: int, elapsed: float, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    name = "text" if plan.stage == TEXT else "image"
+    name = plan.stage.part
     mean_norms = {f"grad/{group}": total / max(1, steps - nonfinite) for group, total in norm_sums.items()}
     metrics = {f"train/{name}_loss": loss_sum / max(1, steps), **mean_norms,
                f"lr/{name}": optimizer.param_groups[0]["lr"], "train/nonfinite_steps": float(nonfinite),
@@ -197,7 +203,7 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
     else:
         apply_init(session)
     write_text_atomically(out_dir / "config.yaml", config.to_yaml())  # the first write: every check has passed
-    optimizers: dict[int, torch.optim.Optimizer] = {}
+    optimizers: dict[Stage, LoopOptimizer] = {}
     while position.plan_index < len(plan):
         stage_plan = plan[position.plan_index]
         optimizer = stage_optimizer(session, stage_plan, optimizers, optimizer_states)
@@ -223,23 +229,23 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
     return FitResult(final, position.history, out_dir)
 
 
-def stage_optimizer(session: Session, plan: StagePlan, optimizers: dict, saved: dict) -> torch.optim.Optimizer:
+def stage_optimizer(session: Session, plan: StagePlan, optimizers: dict[Stage, LoopOptimizer],
+                    saved: dict) -> torch.optim.Optimizer:
     """The stage's optimizer for this loop: fresh at each loop when feedback.reset_optimizer (the reference),
     else carrying its moments over. A state saved in a checkpoint is restored the same way."""
     current = optimizers.get(plan.stage)
     if current is not None and current.loop == plan.loop:
-        return current
+        return current.optimizer
     optimizer = make_optimizer(session, plan)
     reset = session.config.feedback.reset_optimizer
     saved_loop, carried = saved.pop(plan.stage, (None, None))
     if reset and saved_loop != plan.loop:  # a state saved in an earlier loop is one a fresh run would reset
         carried = None
     if carried is None and current is not None and not reset:
-        carried = current.state_dict()
+        carried = current.optimizer.state_dict()
     if carried is not None:  # moments and step counts carry over; learning rates are this loop's
         optimizer.load_state_dict({**carried, "param_groups": optimizer.state_dict()["param_groups"]})
-    optimizer.loop = plan.loop
-    optimizers[plan.stage] = optimizer
+    optimizers[plan.stage] = LoopOptimizer(plan.loop, optimizer)
     return optimizer
 
 
@@ -266,13 +272,15 @@ def evaluation_due(config: TrainConfig, plan: StagePlan, position: Position) -> 
 # Checkpoints and starting points
 
 
-def write_checkpoint(session: Session, folder: Path, position: Position, optimizers: dict) -> Path:
+def write_checkpoint(session: Session, folder: Path, position: Position,
+                     optimizers: dict[Stage, LoopOptimizer]) -> Path:
     state = {
         "position": {"plan_index": position.plan_index, "epochs_done_in_stage": position.epochs_done_in_stage,
                      "epoch": position.epoch, "step": position.step},
         "history": position.history,
-        "optimizers": {stage: optimizer.state_dict() for stage, optimizer in optimizers.items()},
-        "optimizer_loops": {stage: optimizer.loop for stage, optimizer in optimizers.items()},
+        # int keys: a Stage member would not load back under torch.load(weights_only=True)
+        "optimizers": {int(stage): entry.optimizer.state_dict() for stage, entry in optimizers.items()},
+        "optimizer_loops": {int(stage): entry.loop for stage, entry in optimizers.items()},
         "rng": torch.get_rng_state(),
     }
     return save_checkpoint(folder, session.model.trainable_state(), state, session.config)
@@ -280,7 +288,7 @@ def write_checkpoint(session: Session, folder: Path, position: Position, optimiz
 
 def restore(session: Session, folder: Path) -> tuple[Position, dict]:
     state = load_state(folder, session.config)
-    load_into(session.model, load_adapters(folder) | clip_state(session.model), str(folder / "adapters.pt"))
+    load_trained(session.model, folder)
     torch.set_rng_state(state["rng"])
     saved = state["position"]
     position = Position(saved["plan_index"], saved["epochs_done_in_stage"], saved["epoch"], saved["step"],
@@ -288,13 +296,9 @@ def restore(session: Session, folder: Path) -> tuple[Position, dict]:
     plan = feedback_plan(session.config.feedback)
     if position.epochs_done_in_stage == plan[position.plan_index].epochs:  # the checkpoint closed a stage
         position.plan_index, position.epochs_done_in_stage = position.plan_index + 1, 0
-    optimizers = {int(stage): (state["optimizer_loops"][stage], optimizer)
+    optimizers = {Stage(stage): (state["optimizer_loops"][stage], optimizer)
                   for stage, optimizer in state["optimizers"].items()}
     return position, optimizers
-
-
-def clip_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {key: value for key, value in model.state_dict().items() if key.startswith("clip.")}
 
 
 def apply_init(session: Session) -> None:

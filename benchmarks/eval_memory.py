@@ -48,7 +48,7 @@ def evaluate_once(root: Path, model: str) -> dict:
     """In the child process: one evaluation of the whole split; its peak RSS and time."""
     import torch
 
-    from aaclip.data.records import load_records
+    from aaclip.data.loading import load_records
     from aaclip.evaluate import evaluate_records
     from aaclip.session import build_model
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from aaclip.profile import STAGE_NAMES, stage_batch, time_steps
-from aaclip.schedule import IMAGE, TEXT
+from aaclip.profile import stage_batch, time_steps
+from aaclip.schedule import IMAGE, TEXT, Stage
 from aaclip.session import build_session
 from benchmarks.common import benchmark_config, emit, median, parser, set_threads
 
 GOAL = 1.5
 
 
-def alternate_paths(session, stage: int, rounds: int) -> dict[str, list[float]]:
+def alternate_paths(session, stage: Stage, rounds: int) -> dict[str, list[float]]:
     batch = stage_batch(session, stage, session.batch_size(stage))
     times = {"ours": [], "stock": []}
     for round_index in range(rounds):
@@ -39,9 +39,9 @@ def main(argv: list[str]) -> None:
         for stage in (TEXT, IMAGE):
             times = alternate_paths(session, stage, rounds)
             ours, stock = median(times["ours"]), median(times["stock"])
-            figures[STAGE_NAMES[stage]] = {"ours_s": ours, "stock_s": stock, "ratio": stock / ours}
-    figures["ratio"] = figures[STAGE_NAMES[IMAGE]]["ratio"]
-    summary = "; ".join(f"{STAGE_NAMES[s]} ours {figures[STAGE_NAMES[s]]['ours_s']:.3f}s stock "
-                        f"{figures[STAGE_NAMES[s]]['stock_s']:.3f}s x{figures[STAGE_NAMES[s]]['ratio']:.2f}"
+            figures[stage.label] = {"ours_s": ours, "stock_s": stock, "ratio": stock / ours}
+    figures["ratio"] = figures[IMAGE.label]["ratio"]
+    summary = "; ".join(f"{s.label} ours {figures[s.label]['ours_s']:.3f}s stock "
+                        f"{figures[s.label]['stock_s']:.3f}s x{figures[s.label]['ratio']:.2f}"
                         for s in (TEXT, IMAGE))
     emit("step", figures, f"{summary} (goal x{GOAL} on Stage 2)", args.json)

@@ -109,10 +109,7 @@ class Study:
     spec: StudySpec
     source: str  # the file it came from, for messages and provenance
     base_data: dict[str, Any]  # base config + overrides, before validation defaults (what trials override)
-
-    @cached_property
-    def base_config(self) -> TrainConfig:
-        return validate_config(self.base_data, source=f"{self.source}: base")
+    base_config: TrainConfig  # base_data validated
 
     @cached_property
     def space(self) -> SearchSpace:
@@ -219,9 +216,18 @@ def parse_study(data: dict[str, Any], source: str = "spec", base_dir: Path | Non
     except ValidationError as error:
         raise StudyError(format_validation_error(error, source)) from None
     base_data = _base_data(spec, source, base_dir)
-    study = Study(spec=spec, source=source, base_data=base_data)
+    check_name(spec.name, source)
+    study = Study(spec=spec, source=source, base_data=base_data, base_config=_validate_base(base_data, source))
     check_study(study)
     return study
+
+
+def _validate_base(base_data: dict[str, Any], source: str) -> TrainConfig:
+    """The base configuration, checked as a trial's would be (including data.val != data.test)."""
+    try:
+        return validate_config(base_data, source=f"{source}: base")
+    except AaclipError as error:
+        raise StudyError(str(error)) from None
 
 
 def _base_data(spec: StudySpec, source: str, base_dir: Path | None) -> dict[str, Any]:
@@ -242,14 +248,14 @@ def _base_data(spec: StudySpec, source: str, base_dir: Path | None) -> dict[str,
 # Checks that need more than the schema
 
 
+def check_name(name: str, source: str) -> None:
+    if not NAME_PATTERN.match(name):
+        raise StudyError(f"{source}: name: {name!r} must be letters, digits, '.', '_' or '-' (max 100)")
+
+
 def check_study(study: Study) -> None:
+    """What a parsed study must hold beyond its schema, name and base configuration."""
     spec, source = study.spec, study.source
-    if not NAME_PATTERN.match(spec.name):
-        raise StudyError(f"{source}: name: {spec.name!r} must be letters, digits, '.', '_' or '-' (max 100)")
-    try:
-        study.base_config  # noqa: B018 - validates the base, including data.val != data.test
-    except AaclipError as error:
-        raise StudyError(str(error)) from None
     _check_dotted_keys(dict.fromkeys(spec.space), f"{source}: space")
     for key, parameter in spec.space.items():
         _check_dotted_keys(dict.fromkeys(parameter.also), f"{source}: space.{key}.also")

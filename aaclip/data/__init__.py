@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aaclip.data.jsonl import write_jsonl
-from aaclip.data.records import Record, class_names, load_records
+from aaclip.data.loading import load_records
+from aaclip.data.records import Record, class_names
 from aaclip.data.synthetic import generate_synthetic, synthetic_root
 
 if TYPE_CHECKING:

@@ -1,24 +1,22 @@
 """Dataset records: what every layout reader returns, and the steps all of them share.
 
-`load_records(spec)` is the one entry point: find the root (generating a synthetic dataset if needed), read the
-layout, keep the requested categories, take the holdout part, draw the few-shot sample, sort, and check every
-file cheaply (image headers only), so that a bad dataset fails before training starts, with a message that
-names the file.
+The layout readers (mvtec, visa, jsonl) build records with the helpers here; `aaclip.data.loading` picks the
+reader and applies the selection steps and the cheap per-file checks below.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from aaclip.config import DatasetSpec
+from aaclip.config import HoldoutConfig
 from aaclip.data.decode import header_size
 from aaclip.errors import DataError
+from aaclip.seeds import stable_seed
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
@@ -34,12 +32,6 @@ class Record:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers the layout readers share
-
-
-def stable_seed(*parts: object) -> int:
-    """A 63-bit seed from the parts' text. hashlib, not hash(): Python salts str hashes per process."""
-    text = "\x1f".join(str(part) for part in parts)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 def make_record(root: Path, image: str, mask: str | None, label: int, class_name: str) -> Record:
@@ -75,57 +67,7 @@ def class_names(records: Iterable[Record]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The entry point
-
-
-def load_records(spec: DatasetSpec) -> list[Record]:
-    root, layout = _resolve_root(spec)
-    records = _reader(layout)(root, spec.split)
-    if not records:
-        raise DataError(f"{root}: no {spec.split} images found in the {layout} layout; check root and split")
-    records = select_categories(records, spec.categories, root)
-    if spec.holdout is not None:
-        from aaclip.data.splits import holdout_part  # splits imports this module
-
-        records = holdout_part(records, spec.holdout)
-    if spec.shots is not None:
-        records = sample_shots(records, spec.shots, spec.seed)
-    records = sorted(records, key=lambda record: (record.class_name, record.image_id))
-    for record in records:
-        check_record(record)
-    return records
-
-
-def _resolve_root(spec: DatasetSpec) -> tuple[Path, str]:
-    """(root, layout to read it with). A synthetic dataset is generated here if it is missing."""
-    if spec.kind == "synthetic":
-        from aaclip.data.synthetic import ensure_synthetic, synthetic_root  # imports records: load lazily
-
-        root = Path(spec.root).expanduser().resolve() if spec.root else synthetic_root(spec.domain, spec.seed)
-        return root, ensure_synthetic(root, spec.domain, spec.seed)
-    root = Path(spec.root).expanduser().resolve()
-    if not root.exists():
-        raise DataError(f"{root}: dataset root not found; check the dataset's root in the config")
-    if spec.kind != "jsonl" and not root.is_dir():  # only a jsonl root may be a file
-        raise DataError(f"{root}: a {spec.kind} dataset root must be a folder")
-    return root, spec.kind
-
-
-def _reader(layout: str) -> Callable[[Path, str], list[Record]]:
-    # The readers import this module for Record and its helpers, so they are imported on use.
-    if layout == "mvtec":
-        from aaclip.data.mvtec import read_mvtec
-
-        return read_mvtec
-    if layout == "visa":
-        from aaclip.data.visa import read_visa
-
-        return read_visa
-    if layout == "jsonl":
-        from aaclip.data.jsonl import read_jsonl
-
-        return read_jsonl
-    raise DataError(f"unknown dataset layout {layout!r}; expected mvtec, visa or jsonl")
+# Selection steps, in the order aaclip.data.loading applies them
 
 
 def select_categories(records: list[Record], categories: list[str] | None, root: Path) -> list[Record]:
@@ -140,6 +82,33 @@ def select_categories(records: list[Record], categories: list[str] | None, root:
         )
     wanted = set(categories)
     return [record for record in records if record.class_name in wanted]
+
+
+def holdout_part(records: list[Record], holdout: HoldoutConfig) -> list[Record]:
+    """The held-out part or the remainder of `records`, drawn per (class, label) group.
+
+    Each group is sorted by image id and drawn from its own generator, so the split does not depend on listing
+    order or on which other classes were selected, and the same (fraction, seed) on the two parts gives
+    complementary sets. A group of n >= 2 images holds out round(fraction * n) of them, at least one and at most
+    n - 1, so both parts see every class and label the group has; a single image stays in the remainder.
+    """
+    groups: dict[tuple[str, int], list[Record]] = defaultdict(list)
+    for record in sorted(records, key=lambda record: record.image_id):
+        groups[(record.class_name, record.label)].append(record)
+    chosen: list[Record] = []
+    for (class_name, label), group in sorted(groups.items()):
+        held = _held_out_count(len(group), holdout.fraction)
+        rng = np.random.default_rng(stable_seed("holdout", holdout.seed, class_name, label))
+        held_indices = set(rng.permutation(len(group))[:held].tolist())
+        keep_held = holdout.part == "held_out"
+        chosen.extend(record for index, record in enumerate(group) if (index in held_indices) == keep_held)
+    return chosen
+
+
+def _held_out_count(size: int, fraction: float) -> int:
+    if size < 2:
+        return 0
+    return min(max(round(fraction * size), 1), size - 1)
 
 
 def sample_shots(records: list[Record], shots: int, seed: int) -> list[Record]:

@@ -1,5 +1,6 @@
-"""Splits that selection and test can trust (DESIGN §9): a seeded holdout of one dataset, a check that val and
-test share no image file, and fingerprints that name exactly which images a split holds.
+"""Splits that selection and test can trust (DESIGN §9): a check that val and test share no image file, and
+fingerprints that name exactly which images a split holds. (The seeded holdout of one dataset is a selection
+step in aaclip.data.records.)
 
 A study selects its winner on `data.val`; the final number is read on `data.test`. If one image is in both, the
 test number is no longer an estimate on unseen data. Configs can differ and still name the same files (a shots
@@ -9,44 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import defaultdict
-from typing import TYPE_CHECKING
 
-import numpy as np
-
-from aaclip.config import HoldoutConfig
-from aaclip.data.records import Record, load_records, stable_seed
+from aaclip.config import DataConfig
+from aaclip.data.loading import load_records
+from aaclip.data.records import Record
 from aaclip.errors import DataError
-
-if TYPE_CHECKING:
-    from aaclip.config import DataConfig
-
-
-def holdout_part(records: list[Record], holdout: HoldoutConfig) -> list[Record]:
-    """The held-out part or the remainder of `records`, drawn per (class, label) group.
-
-    Each group is sorted by image id and drawn from its own generator, so the split does not depend on listing
-    order or on which other classes were selected, and the same (fraction, seed) on the two parts gives
-    complementary sets. A group of n >= 2 images holds out round(fraction * n) of them, at least one and at most
-    n - 1, so both parts see every class and label the group has; a single image stays in the remainder.
-    """
-    groups: dict[tuple[str, int], list[Record]] = defaultdict(list)
-    for record in sorted(records, key=lambda record: record.image_id):
-        groups[(record.class_name, record.label)].append(record)
-    chosen: list[Record] = []
-    for (class_name, label), group in sorted(groups.items()):
-        held = _held_out_count(len(group), holdout.fraction)
-        rng = np.random.default_rng(stable_seed("holdout", holdout.seed, class_name, label))
-        held_indices = set(rng.permutation(len(group))[:held].tolist())
-        keep_held = holdout.part == "held_out"
-        chosen.extend(record for index, record in enumerate(group) if (index in held_indices) == keep_held)
-    return chosen
-
-
-def _held_out_count(size: int, fraction: float) -> int:
-    if size < 2:
-        return 0
-    return min(max(round(fraction * size), 1), size - 1)
 
 
 def resolved_files(records: list[Record]) -> dict[str, Record]:
@@ -91,4 +59,3 @@ def load_splits(data: DataConfig, source: str | None = None) -> dict[str, list[R
         splits["test"] = load_records(data.test)
         check_disjoint(splits["val"], splits["test"], source)
     return splits
-

@@ -25,8 +25,10 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from aaclip.data.decode import decode, to_rgb
-from aaclip.data.records import stable_seed
+from aaclip.seeds import stable_seed
 
+# open_clip.constants.OPENAI_DATASET_MEAN/STD, retyped: importing open_clip loads its whole model zoo, which
+# data loader workers do not need. tests/unit/test_data_augment.py checks the two stay equal.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -70,10 +72,6 @@ def mask_to_tensor(mask: Image.Image, size: int) -> torch.Tensor:
     """float32 [1, S, S] in {0, 1}."""
     resized = F.resize(mask, [size, size], interpolation=InterpolationMode.NEAREST)
     return (F.pil_to_tensor(resized) != 0).to(torch.float32)
-
-
-def load_image(path: Path, size: int) -> torch.Tensor:
-    return image_to_tensor(open_rgb(path), size)
 
 
 def load_mask(path: Path, size: int) -> torch.Tensor:

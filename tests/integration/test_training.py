@@ -80,7 +80,7 @@ def test_interrupted_fit_resumes_bit_for_bit(tiny_config: TrainConfig, tmp_path:
 
 
 def test_fit_reports_the_documented_metrics(tiny_config: TrainConfig, tmp_path: Path) -> None:
-    from aaclip.train import REPORTED_METRICS
+    from aaclip.metric_names import REPORTED_METRICS
 
     result = fit(tiny_config, out_dir=tmp_path / "run")
     reported = set().union(*(m.keys() for m in result.history))

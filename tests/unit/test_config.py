@@ -82,3 +82,14 @@ def test_relative_paths_resolve_against_a_base_and_tags_stay(tmp_path: Path) -> 
     assert resolved["model"]["pretrained"] == "openai"
     local = resolve_relative_paths({"model": {"pretrained": "weights/ViT-L-14-336px.pt"}}, tmp_path)
     assert local["model"]["pretrained"] == str(tmp_path / "weights/ViT-L-14-336px.pt")
+
+
+def test_path_fields_are_the_schema_fields_marked_as_paths(tmp_path: Path) -> None:
+    """Every path a config holds is marked in the schema, so resolve_relative_paths cannot miss a new one."""
+    from aaclip.config import path_fields, resolve_relative_paths
+
+    assert set(path_fields()) == {"data.train.root", "data.val.root", "data.test.root", "init.text_adapter",
+                                  "init.image_adapter", "cache.dir", "model.pretrained"}
+    assert [key for key, marker in path_fields().items() if marker.or_tag] == ["model.pretrained"]
+    resolved = resolve_relative_paths({"cache": {"dir": "features"}, "data": {"val": {"root": "val"}}}, tmp_path)
+    assert resolved == {"cache": {"dir": str(tmp_path / "features")}, "data": {"val": {"root": str(tmp_path / "val")}}}

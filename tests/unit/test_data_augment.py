@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
 from aaclip.config import DatasetSpec
@@ -139,3 +140,8 @@ def test_augmentation_does_not_touch_the_global_rng(records):
 def test_unknown_augment_is_refused(records):
     with pytest.raises(ValueError, match="stage3"):
         AnomalyDataset(records, SIZE, "stage3")
+
+
+def test_normalization_constants_are_open_clips():
+    """The retyped CLIP mean and std (see aaclip.data.transforms) are exactly open_clip's OpenAI constants."""
+    assert (CLIP_MEAN, CLIP_STD) == (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)

@@ -10,7 +10,7 @@ from PIL import Image
 from aaclip.config import DatasetSpec
 from aaclip.data.checks import load_checked_records, warn_one_sided_classes
 from aaclip.data.decode import decode, to_rgb
-from aaclip.data.records import load_records
+from aaclip.data.loading import load_records
 from aaclip.data.transforms import open_rgb
 from aaclip.data.verify import verify_decodes
 from aaclip.errors import DataError

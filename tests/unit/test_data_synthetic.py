@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aaclip.data import synthetic
-from aaclip.data.records import stable_seed
-from aaclip.data.synthetic import DEFECT_TYPES, MANIFEST, Item, generate_synthetic, plan_items, render
+from aaclip.data import synthetic_render as synthetic
+from aaclip.data.synthetic import MANIFEST, generate_synthetic, plan_items
+from aaclip.data.synthetic_render import DEFECT_TYPES, Item, render
 from aaclip.errors import DataError
 from aaclip.prompts import SYNTHETIC_DOMAINS
+from aaclip.seeds import stable_seed
 
 
 def tree_bytes(root) -> dict[str, bytes]:
