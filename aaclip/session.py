@@ -22,7 +22,7 @@ from aaclip.features import FeatureCache, cache_key, cached_targets
 from aaclip.home import aaclip_home
 from aaclip.model import AdaptedCLIP
 from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan
-from aaclip.seeds import stable_seed
+from aaclip.seeds import loader_seed
 
 log = logging.getLogger(__name__)
 BACKBONE_INIT_SEED = 0  # a random-init backbone is the same "frozen CLIP" in every trial, whatever config.seed
@@ -108,7 +108,7 @@ class Session:
         """Shuffled by the model seed and position only; augmentation draws by the data seed and position."""
         dataset = self.datasets[plan.stage]
         dataset.set_epoch(1000 * (plan.loop - 1) + epoch_in_stage)
-        generator = torch.Generator().manual_seed(stable_seed(self.config.seed, plan.loop, plan.stage,
+        generator = torch.Generator().manual_seed(loader_seed(self.config.seed, plan.loop, plan.stage,
                                                               epoch_in_stage))
         return DataLoader(dataset, batch_size=self.batch_size(plan.stage), shuffle=True, generator=generator,
                           num_workers=self.config.data.workers, collate_fn=self.collate)
