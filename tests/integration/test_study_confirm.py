@@ -36,6 +36,12 @@ def finished_confirmations(client: MlflowClient) -> list:
     return [run for run in runs if run.data.tags.get("aaclip.outcome") == "completed"]
 
 
+def attempts(run) -> tuple[str, int]:
+    """Which worker last opened the run, and how many epochs it logged: a rerun changes both. (Not end_time:
+    the worker and then the driver each close a finished run, so it may move after the trial completed.)"""
+    return run.data.tags["aaclip.worker_pid"], int(run.data.metrics.get("epoch", 0))
+
+
 @pytest.mark.slow
 def test_confirmation_pairs_every_config_with_its_twin_and_resumes(ray_cluster, mlflow_uri, study_home, write_spec,
                                                                     cli, wait_for, tmp_path):
@@ -51,7 +57,7 @@ def test_confirmation_pairs_every_config_with_its_twin_and_resumes(ray_cluster, 
         wait_for(lambda: finished_confirmations(client), 480, "a confirmation run finishes", driver)
         running = find_parent_run(client, NAME)  # one session: the search did not close the parent run
         assert running.info.status == "RUNNING" and DRIVER_STATE not in running.data.tags
-        before = {run.info.run_id: run.info.end_time for run in finished_confirmations(client)}
+        before = {run.info.run_id: attempts(run) for run in finished_confirmations(client)}
         driver.send_signal(signal.SIGINT)
         code = driver.wait(timeout=180)
     output = (tmp_path / "driver.log").read_text()
@@ -76,7 +82,7 @@ def test_confirmation_pairs_every_config_with_its_twin_and_resumes(ray_cluster, 
     assert sorted(run.data.tags["aaclip.role"] for run in runs) == ["base", "base", "confirm", "confirm", "twin",
                                                                     "twin"]
     assert all(run.data.tags["aaclip.outcome"] == "completed" for run in runs)
-    finished_before = {run.info.run_id: run.info.end_time for run in runs if run.info.run_id in before}
+    finished_before = {run.info.run_id: attempts(run) for run in runs if run.info.run_id in before}
     assert finished_before == before, "a confirmation run finished before the kill was run again"
     check_fresh_seeds_and_twins(runs, search)
     check_verdict(client, parent, runs, tmp_path)
