@@ -164,6 +164,15 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 FINAL_OUTCOMES = ("completed", "pruned", "stopped", "failed")
+PRUNED_AT = "aaclip.pruned_at"  # on a pruned trial's run: the rung it stopped at, e.g. "loop 1"
+# A pruned trial did what ASHA asked of it: FINISHED, told from a completed one by its outcome tag, never shown
+# with the red cross of a crash. A guard-stopped or interrupted trial did not run as planned: KILLED.
+RUN_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}
+
+
+def run_status(outcome: str) -> str:
+    """The MLflow run status that a trial's recorded outcome ends its run with."""
+    return RUN_STATUS.get(outcome, "KILLED")
 
 
 class TrialRun:
@@ -278,7 +287,7 @@ def _node() -> str:
 
 
 def mark_trial_outcome(client: MlflowClient, experiment_id: str, study: str, trial_id: str, *,
-                       outcome: str, reason: str = "") -> None:
+                       outcome: str, reason: str = "", rung: str = "") -> None:
     """Record how a trial ended, from the driver (a stopped worker cannot always close its own run).
 
     The first outcome the driver records stands (Optuna, too, keeps its first verdict): a trial that a resumed
@@ -294,9 +303,10 @@ def mark_trial_outcome(client: MlflowClient, experiment_id: str, study: str, tri
         items = [RunTag("aaclip.outcome", outcome), RunTag(OUTCOME_BY, "driver")]
         if reason:
             items.append(RunTag("aaclip.stop_reason", reason[:8000]))
+        if outcome == "pruned" and rung:
+            items.append(RunTag(PRUNED_AT, rung))
         client.log_batch(run.info.run_id, tags=items)
-    status = {"completed": "FINISHED", "failed": "FAILED"}.get(outcome, "KILLED")
-    client.set_terminated(run.info.run_id, status=status)
+    client.set_terminated(run.info.run_id, status=run_status(outcome))
 
 
 def recorded_outcomes(client: MlflowClient, parent) -> dict[str, str]:
