@@ -266,7 +266,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
             with contextlib.suppress(Exception):  # best effort: the launch's own error is the one to show
                 _abandon_launch(client, parent_run_id, study, None if folder_existed else Path(experiment_path))
             raise
-        echo(f"study {study.name}: MLflow runs at {runs_link(uri, experiment_id)}")
+        echo(f"study {study.name}: MLflow runs at {study_link(uri, experiment_id, study)}")
         echo(f"  searcher: optuna-dashboard {optuna_storage_url(study)}")
         return _run_phases(tuner, study, context, experiment_path, echo)
     finally:
@@ -313,6 +313,11 @@ def _create_parent(client, study: Study, experiment_id: str, experiment_path: st
     return run_id
 
 
+def study_link(uri: str, experiment_id: str, study: Study) -> str:
+    """The study's runs in MLflow, best objective first."""
+    return runs_link(uri, experiment_id, study.name, study.spec.objective.metric, study.spec.objective.mode)
+
+
 def _run_phases(tuner: tune.Tuner, study: Study, context: TrialContext, experiment_path: str,
                 echo: Echo) -> StudyRun:
     """The search, then the confirmation (study/confirm.py), in one session: the parent run ends once, after
@@ -326,7 +331,7 @@ def _run_phases(tuner: tune.Tuner, study: Study, context: TrialContext, experime
         echo(f"note: the tracking server is away; records of {len(left)} trial(s) stay in "
              f"{spool_root(Path(context.aaclip_home), study.name)} until `aaclip-study resume {study.name}`")
     echo(f"study {study.name}: finished; results in {experiment_path}")
-    echo(f"  runs:   {runs_link(context.tracking_uri, context.experiment_id)}")
+    echo(f"  runs:   {study_link(context.tracking_uri, context.experiment_id, study)}")
     echo(f"  next:   aaclip-study status {study.name} | aaclip-study export {study.name} -o best.yaml"
          f"{' (the best confirmed mean)' if confirm_trials else ''} | aaclip-study report {study.name}")
     return StudyRun(study.name, context.tracking_uri, context.experiment_id, context.parent_run_id,
@@ -372,7 +377,7 @@ def resume_study(name: str, *, address: str | None = None, tracking_uri: str | N
         check_cluster(study)
         experiment_id = parent.info.experiment_id
         context = TrialContext.from_driver(study, uri, experiment_id, parent.info.run_id, aaclip_home())
-        echo(f"study {name}: resuming from {experiment_path}; runs at {runs_link(uri, experiment_id)}")
+        echo(f"study {name}: resuming from {experiment_path}; runs at {study_link(uri, experiment_id, study)}")
         left = replay_all(client, aaclip_home(), name)  # what dead workers and the dead driver left spooled
         if left:
             raise StudyError(f"study {name!r}: the tracking server {uri} does not take the spooled records of "

@@ -69,7 +69,7 @@ def study_status(client, name: str) -> StudyStatus:
     state = study_state(parent)
     driver_alive = state == "running"
     status = StudyStatus(study=tags[STUDY], objective=metric, mode=mode, state=state,
-                         link=runs_link(client.tracking_uri, parent.info.experiment_id))
+                         link=runs_link(client.tracking_uri, parent.info.experiment_id, tags[STUDY], metric, mode))
     for run in trial_runs(client, parent):
         run_tags, metrics = run.data.tags, run.data.metrics
         state = run_tags.get("aaclip.outcome", "running")

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -74,9 +75,20 @@ class Connector:
         return cls(uri, str(home) if current_uri(home, None) == uri else None)
 
 
-def runs_link(uri: str, experiment_id: str) -> str:
-    """The runs table (parent/child nesting); MLflow 3's experiment link opens a GenAI overview instead."""
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+def runs_link(uri: str, experiment_id: str, study: str | None = None, metric: str | None = None,
+              mode: str = "max") -> str:
+    """The runs table (parent/child nesting); MLflow 3's experiment link opens a GenAI overview instead.
+
+    With `study`, only that study's runs; with `metric`, best first. MLflow 3.17's UI reads these from the
+    link's query (server/js: searchFilter, orderByKey as metrics.`KEY`, orderByAsc "true"/"false").
+    """
+    query = {}
+    if study:
+        query["searchFilter"] = f"tags.`{STUDY}` = '{study}'"
+    if metric:
+        query |= {"orderByKey": f"metrics.`{metric}`", "orderByAsc": str(mode == "min").lower()}
+    link = f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    return f"{link}?{urlencode(query, quote_via=quote)}" if query else link
 
 
 # MLflow 3's UI opens an experiment by this tag: without it, on its GenAI pages (traces, judges); with it, on the

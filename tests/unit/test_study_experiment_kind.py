@@ -31,3 +31,19 @@ def test_a_kind_the_user_chose_is_kept(tmp_path: Path) -> None:
                                       tags={KIND: "genai_development"})
     ensure_experiment(client, "mine")
     assert client.get_experiment(chosen).tags[KIND] == "genai_development"
+
+
+def test_the_printed_link_shows_the_study_best_first():
+    """The query MLflow 3.17's UI reads (server/js: searchFilter, orderByKey, orderByAsc); the browser test
+    (tests/integration/test_mlflow_ui.py) checks the UI honours it."""
+    from urllib.parse import parse_qs
+
+    from study.tracking import runs_link
+
+    link = runs_link("http://127.0.0.1:5000/", "7", "smoke-1", "val/pixel_auroc", "max")
+    base, query = link.split("?")
+    assert base == "http://127.0.0.1:5000/#/experiments/7/runs"
+    assert parse_qs(query) == {"searchFilter": ["tags.`aaclip.study` = 'smoke-1'"],
+                               "orderByKey": ["metrics.`val/pixel_auroc`"], "orderByAsc": ["false"]}
+    assert runs_link("http://h", "7", "s", "val/loss", "min").endswith("orderByAsc=true")
+    assert runs_link("http://h", "7") == "http://h/#/experiments/7/runs"
