@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from study.tracking import (
-    DRIVER_STATE, HEARTBEAT, HEARTBEAT_STALE_S, STUDY, TRIAL_ID, require_parent_run, runs_link, trial_runs,
+    DRIVER_STATE, HEARTBEAT, HEARTBEAT_STALE_S, STUDY, TRIAL_ID, require_parent_run, study_link,
+    trial_runs,
 )
 from study.verdict import Verdict, format_verdict, study_verdict
 
@@ -69,7 +70,8 @@ def study_status(client, name: str) -> StudyStatus:
     state = study_state(parent)
     driver_alive = state == "running"
     status = StudyStatus(study=tags[STUDY], objective=metric, mode=mode, state=state,
-                         link=runs_link(client.tracking_uri, parent.info.experiment_id, tags[STUDY], metric, mode))
+                         link=study_link(client, client.tracking_uri, parent.info.experiment_id, tags[STUDY],
+                                         metric, mode))
     for run in trial_runs(client, parent):
         run_tags, metrics = run.data.tags, run.data.metrics
         state = run_tags.get("aaclip.outcome", "running")

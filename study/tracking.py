@@ -82,13 +82,45 @@ def runs_link(uri: str, experiment_id: str, study: str | None = None, metric: st
     With `study`, only that study's runs; with `metric`, best first. MLflow 3.17's UI reads these from the
     link's query (server/js: searchFilter, orderByKey as metrics.`KEY`, orderByAsc "true"/"false").
     """
+    link = f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    query = view_search(study, metric, mode)
+    return f"{link}?{urlencode(query, quote_via=quote)}" if query else link
+
+
+def view_search(study: str | None, metric: str | None, mode: str) -> dict[str, str]:
     query = {}
     if study:
         query["searchFilter"] = f"tags.`{STUDY}` = '{study}'"
     if metric:
         query |= {"orderByKey": f"metrics.`{metric}`", "orderByAsc": str(mode == "min").lower()}
-    link = f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
-    return f"{link}?{urlencode(query, quote_via=quote)}" if query else link
+    return query
+
+
+# MLflow 3.17's UI restores a "shared view" (search, sort and columns) from the experiment tag
+# mlflow.sharedViewState.<key> when a link carries ?viewStateShareKey=<key> (server/js; plain JSON is read).
+# The columns (metrics.`K`, params.`K`, tags.`K`) are what the URL's query alone cannot choose.
+SHARED_VIEW = "mlflow.sharedViewState."
+
+
+def save_study_view(client: MlflowClient, experiment_id: str, study: str, metric: str, mode: str,
+                    space_keys: list[str]) -> None:
+    """The study's view of the runs table: its runs, best objective first, with the objective, the outcome,
+    the rung a pruned trial stopped at and the searched params as columns."""
+    state = {**view_search(study, metric, mode), "orderByAsc": mode == "min",
+             "selectedColumns": [f"metrics.`{metric}`", "tags.`aaclip.outcome`", f"tags.`{PRUNED_AT}`",
+                                 *(f"params.`{key}`" for key in space_keys)]}
+    client.set_experiment_tag(experiment_id, SHARED_VIEW + study, json.dumps(state))
+
+
+def study_link(client: MlflowClient, uri: str, experiment_id: str, study: str, metric: str, mode: str) -> str:
+    """The link to the study's runs: its saved view where there is one, else the search and sort alone."""
+    try:
+        saved = SHARED_VIEW + study in client.get_experiment(experiment_id).tags
+    except Exception:  # noqa: BLE001 - the server is away: the link without the view still works later
+        saved = False
+    if saved:
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={study}"
+    return runs_link(uri, experiment_id, study, metric, mode)
 
 
 # MLflow 3's UI opens an experiment by this tag: without it, on its GenAI pages (traces, judges); with it, on the

@@ -47,3 +47,23 @@ def test_the_printed_link_shows_the_study_best_first():
                                "orderByKey": ["metrics.`val/pixel_auroc`"], "orderByAsc": ["false"]}
     assert runs_link("http://h", "7", "s", "val/loss", "min").endswith("orderByAsc=true")
     assert runs_link("http://h", "7") == "http://h/#/experiments/7/runs"
+
+
+def test_a_saved_study_view_is_what_the_link_opens(tmp_path: Path) -> None:
+    """Columns cannot be chosen through the URL: the study's view (search, sort, columns) is an experiment tag
+    that MLflow 3.17's UI restores from ?viewStateShareKey=<study>."""
+    import json
+
+    from study.tracking import SHARED_VIEW, save_study_view, study_link
+
+    client = client_at(tmp_path)
+    experiment = ensure_experiment(client, "views")
+    uri = "http://127.0.0.1:5000"
+    assert "orderByKey=" in study_link(client, uri, experiment, "s1", "val/loss", "min")  # no view saved yet
+    save_study_view(client, experiment, "s1", "val/loss", "min", ["optim.image_lr"])
+    assert study_link(client, uri, experiment, "s1", "val/loss", "min") == \
+        f"{uri}/#/experiments/{experiment}/runs?viewStateShareKey=s1"
+    state = json.loads(client.get_experiment(experiment).tags[SHARED_VIEW + "s1"])
+    assert state["orderByKey"] == "metrics.`val/loss`" and state["orderByAsc"] is True
+    assert state["selectedColumns"][:2] == ["metrics.`val/loss`", "tags.`aaclip.outcome`"]
+    assert "params.`optim.image_lr`" in state["selectedColumns"]
