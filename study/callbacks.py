@@ -161,6 +161,13 @@ class Progress(Callback):
         self.last_line, self.last_time = line, time.monotonic()
 
 
+def running_at(trial: Any) -> str:
+    """Where a running trial is, from its last report: "smoke-003 loop 2 epoch 5" ("" before its first)."""
+    result = trial.last_result or {}
+    steps = [f"{key} {int(result[key])}" for key in ("loop", "epoch") if isinstance(result.get(key), (int, float))]
+    return f"{trial} {' '.join(steps)}" if steps else ""
+
+
 def progress_line(study_name: str, trials: list, metric: str, mode: str, scores: dict[str, float],
                   interrupted: Collection[str] = ()) -> str:
     # Tune marks the trials it stops at a Ctrl-C TERMINATED too: they are neither done nor pruned.
@@ -173,6 +180,9 @@ def progress_line(study_name: str, trials: list, metric: str, mode: str, scores:
             f"{running} running, {pending} pending")
     if interrupted:
         line += f", {len(interrupted)} interrupted"
+    where = [running_at(trial) for trial in trials if trial.status == "RUNNING"]
+    if any(where):
+        line += f" ({'; '.join(text for text in where if text)})"
     scored = [trial for trial in trials if trial.trial_id in scores]
     if scored:
         sign = 1 if mode == "max" else -1
