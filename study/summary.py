@@ -20,7 +20,8 @@ from study.tracking import PRUNED_AT, trial_runs
 from study.verdict import Verdict, best_and_baseline, format_verdict, study_verdict
 
 NOTE = "mlflow.note.content"  # MLflow's run description, rendered as markdown on the run page
-COUNTED = ("completed", "pruned", "stopped", "failed")  # always logged, zero included: columns stay comparable
+# Always logged, zero included: columns stay comparable, and a resumed study's summary replaces the interrupted one's.
+COUNTED = ("completed", "pruned", "stopped", "failed", "interrupted")
 PREFIX = "study/"
 MAX_TAG = 8000  # MLflow's limit on a tag's value
 

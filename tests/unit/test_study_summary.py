@@ -59,7 +59,8 @@ def test_study_end_writes_parent_summary_and_trial_lines(tmp_path):
     summary = client.get_run(parent)
     assert summary.data.metrics == {"study/best_value": 72.5, "study/baseline_value": 61.0,
                                     "study/trials_completed": 3.0, "study/trials_pruned": 1.0,
-                                    "study/trials_stopped": 0.0, "study/trials_failed": 1.0}
+                                    "study/trials_stopped": 0.0, "study/trials_failed": 1.0,
+                                    "study/trials_interrupted": 0.0}
     note = summary.data.tags[NOTE]
     assert f"[sums-001](#/experiments/{experiment}/runs/{runs['best']}) with {METRIC} = 72.5" in note
     assert "3 completed, 1 pruned, 1 failed" in note and "sums-000" in note and "61" in note
