@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,cluster]'
 	touch $(STAMP)
 
+# A study name is used once: each demo is a fresh study, smoke-<date>-<time> (`make demo DEMO_NAME=...` to choose).
+DEMO_NAME ?= smoke-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
-	$(VENV)/bin/aaclip-study run search_spaces/smoke.yaml
+	$(VENV)/bin/aaclip-study run search_spaces/smoke.yaml --name $(DEMO_NAME)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q

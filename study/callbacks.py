@@ -1,7 +1,8 @@
 """Driver-side Tune callbacks: record how each trial ended in MLflow, and print the study's progress.
 
 A trial that ASHA or the guard stops is killed with its worker, so it cannot close its own MLflow run; the
-driver does, with the reason (tag aaclip.stop_reason) that `status` shows.
+driver does, with the reason (tag aaclip.stop_reason) that `status` shows. A pruned trial's run ends FINISHED
+with outcome `pruned` and its rung (tag aaclip.pruned_at): not the red cross of a crash (study/tracking.py RUN_STATUS).
 """
 from __future__ import annotations
 
@@ -26,9 +27,14 @@ def trial_outcome(trial: Any, guard: GradientGuard | None, time_attr: str) -> tu
         return "completed", ""
     if guard is not None and trial.trial_id in guard.reasons:
         return "stopped", guard.reasons[trial.trial_id]
-    reached = result.get(time_attr)
-    reached_text = f" at {time_attr} {int(reached)}" if isinstance(reached, (int, float)) else ""
-    return "pruned", f"ASHA: below the rung's cutoff{reached_text}"
+    rung = reached_rung(trial, time_attr)
+    return "pruned", f"ASHA: below the rung's cutoff{' at ' + rung if rung else ''}"
+
+
+def reached_rung(trial: Any, time_attr: str) -> str:
+    """Where a trial stopped, e.g. "loop 1" ("" when it reported no result)."""
+    reached = (trial.last_result or {}).get(time_attr)
+    return f"{time_attr} {int(reached)}" if isinstance(reached, (int, float)) else ""
 
 
 class OutcomeRecorder(Callback):
@@ -51,6 +57,7 @@ class OutcomeRecorder(Callback):
         self.ended: set[str] = set()  # ...and those whose end it saw
 
     def _record(self, trial: Any, outcome: str, reason: str) -> None:
+        rung = reached_rung(trial, self.time_attr) if outcome == "pruned" else ""
         worker_spool = Spool(spool_root(self.home, self.study_name) / trial.trial_id)
         if worker_spool.pending():
             try:
@@ -59,7 +66,7 @@ class OutcomeRecorder(Callback):
                 if not is_transient(error):
                     raise
         self.tracker.write({"op": "outcome", "experiment_id": self.experiment_id, "study": self.study_name,
-                            "trial_id": trial.trial_id, "outcome": outcome, "reason": reason})
+                            "trial_id": trial.trial_id, "outcome": outcome, "reason": reason, "rung": rung})
         remove_scratch(self.home, trial.trial_id)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info) -> None:
@@ -154,6 +161,13 @@ class Progress(Callback):
         self.last_line, self.last_time = line, time.monotonic()
 
 
+def running_at(trial: Any) -> str:
+    """Where a running trial is, from its last report: "smoke-003 loop 2 epoch 5" ("" before its first)."""
+    result = trial.last_result or {}
+    steps = [f"{key} {int(result[key])}" for key in ("loop", "epoch") if isinstance(result.get(key), (int, float))]
+    return f"{trial} {' '.join(steps)}" if steps else ""
+
+
 def progress_line(study_name: str, trials: list, metric: str, mode: str, scores: dict[str, float],
                   interrupted: Collection[str] = ()) -> str:
     # Tune marks the trials it stops at a Ctrl-C TERMINATED too: they are neither done nor pruned.
@@ -166,6 +180,9 @@ def progress_line(study_name: str, trials: list, metric: str, mode: str, scores:
             f"{running} running, {pending} pending")
     if interrupted:
         line += f", {len(interrupted)} interrupted"
+    where = [running_at(trial) for trial in trials if trial.status == "RUNNING"]
+    if any(where):
+        line += f" ({'; '.join(text for text in where if text)})"
     scored = [trial for trial in trials if trial.trial_id in scores]
     if scored:
         sign = 1 if mode == "max" else -1

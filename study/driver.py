@@ -5,7 +5,8 @@ A study runs one Tuner per phase: the search, then the confirmation (study/confi
 and Ctrl-C / SIGTERM turned into a clean, resumable stop. `study_session` wraps all the phases: the parent run is
 RUNNING from the first phase to the end of the last, and is closed once, through the driver's spool (the server
 may be away right now): FINISHED when every phase ran through, KILLED with aaclip.driver = interrupted (a signal:
-`aaclip-study resume` continues whichever phase was running) or crashed (anything else).
+`aaclip-study resume` continues whichever phase was running) or crashed (anything else). Before it closes
+(finished or interrupted), the parent gets its summary and each trial its description (study/summary.py).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from study.callbacks import Heartbeat, OutcomeRecorder, Progress, driver_tracker
 from study.guard import GradientGuard
 from study.interrupt import Interruption, StudyInterrupted
 from study.spec import Study
-from study.spool import Tracker, batch_op
+from study.spool import Tracker, batch_op, is_transient
+from study.summary import write_summary
 from study.tracking import DRIVER_STATE
 from study.trainable import TrialContext
 
@@ -71,6 +73,7 @@ def study_session(study: Study, context: TrialContext) -> Iterator[Tracker]:
     try:
         yield tracker
     except StudyInterrupted:
+        summarize(tracker, context)
         close_parent(tracker, context, "KILLED", "interrupted")
         raise
     except KeyboardInterrupt:  # Ctrl-C between two phases' fit() (Tune handles the ones inside)
@@ -79,7 +82,20 @@ def study_session(study: Study, context: TrialContext) -> Iterator[Tracker]:
     except BaseException:
         close_parent(tracker, context, "KILLED", "crashed", wait_s=CRASH_WAIT_S)  # a crash should not hang too
         raise
+    summarize(tracker, context)
     close_parent(tracker, context, "FINISHED", "finished")
+
+
+def summarize(tracker: Tracker, context: TrialContext) -> None:
+    """The parent's summary and the trials' descriptions (study/summary.py); a server away for longer than the
+    tracker waits costs the summary (`aaclip-study report` writes it again), never the study's ending."""
+    try:
+        write_summary(tracker, context.parent_run_id)
+    except Exception as error:  # noqa: BLE001 - only the server's absence is forgiven
+        if not is_transient(error):
+            raise
+        tracker.warn(f"the study's summary was not written (tracking server away: {error}); "
+                     "`aaclip-study report` writes it")
 
 
 def close_parent(tracker: Tracker, context: TrialContext, status: str, driver_state: str,

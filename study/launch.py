@@ -37,7 +37,7 @@ from study.spec import Study, parse_study
 from study.spool import replay_all, spool_root
 from study.tracking import (
     create_parent_run, ensure_experiment, find_parent_run, recorded_outcomes, require_parent_run,
-    runs_link, tracking_client,
+    save_study_view, study_link, tracking_client,
 )
 from study.trainable import FORWARDED_ENV, TRACKING_SECRETS, TrialContext, run_trial
 
@@ -266,7 +266,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
             with contextlib.suppress(Exception):  # best effort: the launch's own error is the one to show
                 _abandon_launch(client, parent_run_id, study, None if folder_existed else Path(experiment_path))
             raise
-        echo(f"study {study.name}: MLflow runs at {runs_link(uri, experiment_id)}")
+        echo(f"study {study.name}: MLflow runs at {printed_link(client, uri, experiment_id, study)}")
         echo(f"  searcher: optuna-dashboard {optuna_storage_url(study)}")
         return _run_phases(tuner, study, context, experiment_path, echo)
     finally:
@@ -308,9 +308,17 @@ def _create_parent(client, study: Study, experiment_id: str, experiment_path: st
               "max_concurrent": spec.trials.max_concurrent, **{f"space.{line.split(':')[0]}": line.split(": ", 1)[1]
                                                                   for line in study.space.describe()}}
     run_id = create_parent_run(client, experiment_id, study.name, tags, params)
+    save_study_view(client, experiment_id, study.name, spec.objective.metric, spec.objective.mode,
+                    list(spec.space))
     client.log_text(run_id, study.to_yaml(), "study/spec.yaml")
     client.log_text(run_id, yaml.safe_dump(study.base_data, sort_keys=False), "study/base.yaml")
     return run_id
+
+
+def printed_link(client, uri: str, experiment_id: str, study: Study) -> str:
+    """The study's runs in MLflow, best objective first (its saved view: study/tracking.py save_study_view)."""
+    return study_link(client, uri, experiment_id, study.name, study.spec.objective.metric,
+                      study.spec.objective.mode)
 
 
 def _run_phases(tuner: tune.Tuner, study: Study, context: TrialContext, experiment_path: str,
@@ -326,7 +334,7 @@ def _run_phases(tuner: tune.Tuner, study: Study, context: TrialContext, experime
         echo(f"note: the tracking server is away; records of {len(left)} trial(s) stay in "
              f"{spool_root(Path(context.aaclip_home), study.name)} until `aaclip-study resume {study.name}`")
     echo(f"study {study.name}: finished; results in {experiment_path}")
-    echo(f"  runs:   {runs_link(context.tracking_uri, context.experiment_id)}")
+    echo(f"  runs:   {printed_link(tracker.client, context.tracking_uri, context.experiment_id, study)}")
     echo(f"  next:   aaclip-study status {study.name} | aaclip-study export {study.name} -o best.yaml"
          f"{' (the best confirmed mean)' if confirm_trials else ''} | aaclip-study report {study.name}")
     return StudyRun(study.name, context.tracking_uri, context.experiment_id, context.parent_run_id,
@@ -372,7 +380,8 @@ def resume_study(name: str, *, address: str | None = None, tracking_uri: str | N
         check_cluster(study)
         experiment_id = parent.info.experiment_id
         context = TrialContext.from_driver(study, uri, experiment_id, parent.info.run_id, aaclip_home())
-        echo(f"study {name}: resuming from {experiment_path}; runs at {runs_link(uri, experiment_id)}")
+        link = printed_link(client, uri, experiment_id, study)
+        echo(f"study {name}: resuming from {experiment_path}; runs at {link}")
         left = replay_all(client, aaclip_home(), name)  # what dead workers and the dead driver left spooled
         if left:
             raise StudyError(f"study {name!r}: the tracking server {uri} does not take the spooled records of "

@@ -5,7 +5,8 @@ every trial with a value at any rung (pruned ones marked) against the scale mode
 learning rates; the confirmed table with intervals and paired differences; Optuna's parameter importances (the
 trials rebuilt into an in-memory Optuna study) when there are enough trials; and what the data cannot tell.
 One self-contained index.html (figures embedded, so it renders inside MLflow's artifact viewer) and the figures
-as PNG files are written to a folder and logged to the parent run under report/.
+as PNG files are written to a folder and logged to the parent run under report/; the parent's summary and the
+trials' descriptions (study/summary.py) are written again.
 """
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ from study.report_plots import (
     TrialPoint, confirmed_figure, encoded, history_figure, knobs_figure, save, scale_figure,
 )
 from study.space import Parameter, SearchSpace
+from study.spool import apply
 from study.status import param_value
+from study.summary import summary_ops
 from study.tracking import require_parent_run, trial_runs
-from study.verdict import Verdict, final_value, ranked_search_trials, study_verdict
+from study.verdict import Verdict, best_and_baseline, study_verdict
 
 STATES = {"completed": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
           "stopped": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}
@@ -108,14 +111,6 @@ def class_table(best, baseline) -> list[tuple[str, str, float | None, float | No
     return rows
 
 
-def best_and_baseline(runs: list, metric: str, mode: str):
-    """The best completed searched run and the completed baseline run (each None if there is none)."""
-    ranked = ranked_search_trials(runs, metric, mode)
-    baseline = next((run for run in runs if run.data.tags.get("aaclip.baseline") == "true"
-                     and final_value(run, metric) is not None), None)
-    return (ranked[0] if ranked else None), baseline
-
-
 def trial_points(runs: list, metric: str, study_name: str) -> list[TrialPoint]:
     """Every trial with a finite objective at any rung, in start order."""
     points = []
@@ -150,6 +145,8 @@ def write_report(client, name: str, folder: Path) -> Path:
     index = render_report(name, metric, mode, study.space, trial_runs(client, parent),
                           study_verdict(client, parent), folder)
     client.log_artifacts(parent.info.run_id, str(folder), "report")
+    for op in summary_ops(client, parent):  # the parent's summary and the trials' descriptions, brought up to date
+        apply(client, op)
     return index
 
 

@@ -3,7 +3,11 @@
 Ray 2.60's OptunaSearch tells Optuna that a trial ASHA stopped is COMPLETE with its last value, and it reads
 the objective from every result (ours carry it only on evaluation epochs). StudyOptunaSearch instead
 
-- reports intermediate values only when a result has the objective, at step = the ASHA time (loop or epoch);
+- names Optuna's objective after the metric, and reports intermediate values only when a result has the
+  objective, at step = the ASHA time (loop or epoch), the final result's included (Tune may hand that one to
+  on_trial_complete only);
+- gives each Optuna trial the MLflow run id and trial name its results carry (user attributes mlflow_run_id,
+  mlflow_trial_name), so each side of a trial finds the other;
 - tells COMPLETE only for a trial that ran its whole schedule (its final result has `trial/completed`),
   PRUNED for one stopped early (ASHA or the gradient guard), FAIL for one that errored;
 - validates every sampled point into a TrainConfig before its trial starts, and tells Optuna FAIL (then
@@ -31,11 +35,18 @@ BASELINE_KEY = "study/baseline"
 INDEX_KEY = "study/index"  # 0 for the baseline, 1, 2, ... for searched trials: readable trial names
 OPTUNA_KEY = "study/optuna_trial"  # the Optuna trial number, to find a run's trial in optuna-dashboard
 COMPLETED_KEY = "trial/completed"
+RUN_ID_KEY, TRIAL_NAME_KEY = "mlflow/run_id", "mlflow/trial_name"  # reported by the trial with every result
+USER_ATTRS = {RUN_ID_KEY: "mlflow_run_id", TRIAL_NAME_KEY: "mlflow_trial_name"}  # what Optuna calls them
 MAX_INVALID_DRAWS = 20
 
 
 def is_baseline(config: dict[str, Any]) -> bool:
     return bool(config.get(BASELINE_KEY))
+
+
+def run_identity(run_id: str, trial_name: str) -> dict[str, str]:
+    """What a trial's results carry so that the searcher can point its Optuna trial at the MLflow run."""
+    return {RUN_ID_KEY: run_id, TRIAL_NAME_KEY: trial_name}
 
 
 def make_sampler(study: Study) -> optuna.samplers.BaseSampler:
@@ -58,6 +69,12 @@ class StudyOptunaSearch(OptunaSearch):
         super().__init__(space=study.space, metric=study.spec.objective.metric, mode=study.spec.objective.mode,
                          sampler=make_sampler(study), study_name=study.name, storage=storage,
                          points_to_evaluate=points)
+
+    def _setup_study(self, mode) -> None:
+        super()._setup_study(mode)
+        with warnings.catch_warnings():  # experimental in optuna 5, and the dashboard's way to name the objective
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names([self.study.spec.objective.metric])  # not "Objective 0"
 
     @property
     def optuna_study(self) -> optuna.Study:
@@ -97,17 +114,23 @@ class StudyOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        trial = self._ot_trials[trial_id]
+        for key, attribute in USER_ATTRS.items():
+            if isinstance(result.get(key), str) and attribute not in trial.user_attrs:
+                trial.set_user_attr(attribute, result[key])
         if self.metric in result and self.time_attr in result:
-            self._ot_trials[trial_id].report(result[self.metric], int(result[self.time_attr]))
+            with warnings.catch_warnings():  # the final result may come twice (result, then complete): once counts
+                warnings.filterwarnings("ignore", message=".*is already reported")
+                trial.report(result[self.metric], int(result[self.time_attr]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         trial = self._ot_trials[trial_id]
         state, value = outcome_state(result, error, self.metric)
-        if state == optuna.trial.TrialState.PRUNED and result:
-            # Tune withholds the result that made ASHA stop the trial from on_trial_result; Optuna should see
-            # it, as the value the trial was pruned at.
+        if result and not error:
+            # Tune withholds the result that made ASHA stop the trial from on_trial_result (Optuna should see it,
+            # as the value the trial was pruned at), and may hand a completed trial's last one here only.
             self.on_trial_result(trial_id, result)
         try:
             self._ot_study.tell(trial, value, state=state)

@@ -71,7 +71,7 @@ def apply(client: MlflowClient, op: dict[str, Any]) -> None:
         from study.tracking import mark_trial_outcome
 
         mark_trial_outcome(client, op["experiment_id"], op["study"], op["trial_id"], outcome=op["outcome"],
-                           reason=op["reason"])
+                           reason=op["reason"], rung=op.get("rung", ""))  # spools older than the rung lack it
     else:
         raise ValueError(f"unknown spooled operation {kind!r}")
 

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from study.tracking import (
-    DRIVER_STATE, HEARTBEAT, HEARTBEAT_STALE_S, STUDY, TRIAL_ID, require_parent_run, runs_link, trial_runs,
+    DRIVER_STATE, HEARTBEAT, HEARTBEAT_STALE_S, STUDY, TRIAL_ID, require_parent_run, study_link,
+    trial_runs,
 )
 from study.verdict import Verdict, format_verdict, study_verdict
 
@@ -69,7 +70,8 @@ def study_status(client, name: str) -> StudyStatus:
     state = study_state(parent)
     driver_alive = state == "running"
     status = StudyStatus(study=tags[STUDY], objective=metric, mode=mode, state=state,
-                         link=runs_link(client.tracking_uri, parent.info.experiment_id))
+                         link=study_link(client, client.tracking_uri, parent.info.experiment_id, tags[STUDY],
+                                         metric, mode))
     for run in trial_runs(client, parent):
         run_tags, metrics = run.data.tags, run.data.metrics
         state = run_tags.get("aaclip.outcome", "running")
@@ -108,9 +110,9 @@ def _finite(value: float | None) -> float | None:
 
 def format_status(status: StudyStatus) -> str:
     keys = list(status.trials[0].params) if status.trials else []
-    header = ["trial", "state", *(_short(key) for key in keys), "loop", status.objective, "best", "reason"]
-    rows = [[row.trial, row.state, *(_show(row.params[key]) for key in keys), _show(row.loop), _show(row.objective),
-             _show(row.best), row.reason] for row in status.trials]
+    header = ["trial", "state", *(short_key(key) for key in keys), "loop", status.objective, "best", "reason"]
+    rows = [[row.trial, row.state, *(show_value(row.params[key]) for key in keys), show_value(row.loop),
+             show_value(row.objective), show_value(row.best), row.reason] for row in status.trials]
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
              for line in [header, *rows]]
@@ -120,11 +122,11 @@ def format_status(status: StudyStatus) -> str:
                       f"({status.mode})", *lines, *confirmed, f"runs: {status.link}"])
 
 
-def _short(key: str) -> str:
+def short_key(key: str) -> str:
     return ".".join(key.split(".")[-2:])
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -74,9 +75,52 @@ class Connector:
         return cls(uri, str(home) if current_uri(home, None) == uri else None)
 
 
-def runs_link(uri: str, experiment_id: str) -> str:
-    """The runs table (parent/child nesting); MLflow 3's experiment link opens a GenAI overview instead."""
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+def runs_link(uri: str, experiment_id: str, study: str | None = None, metric: str | None = None,
+              mode: str = "max") -> str:
+    """The runs table (parent/child nesting); MLflow 3's experiment link opens a GenAI overview instead.
+
+    With `study`, only that study's runs; with `metric`, best first. MLflow 3.17's UI reads these from the
+    link's query (server/js: searchFilter, orderByKey as metrics.`KEY`, orderByAsc "true"/"false").
+    """
+    link = f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    query = view_search(study, metric, mode)
+    return f"{link}?{urlencode(query, quote_via=quote)}" if query else link
+
+
+def view_search(study: str | None, metric: str | None, mode: str) -> dict[str, str]:
+    query = {}
+    if study:
+        query["searchFilter"] = f"tags.`{STUDY}` = '{study}'"
+    if metric:
+        query |= {"orderByKey": f"metrics.`{metric}`", "orderByAsc": str(mode == "min").lower()}
+    return query
+
+
+# MLflow 3.17's UI restores a "shared view" (search, sort and columns) from the experiment tag
+# mlflow.sharedViewState.<key> when a link carries ?viewStateShareKey=<key> (server/js; plain JSON is read).
+# The columns (metrics.`K`, params.`K`, tags.`K`) are what the URL's query alone cannot choose.
+SHARED_VIEW = "mlflow.sharedViewState."
+
+
+def save_study_view(client: MlflowClient, experiment_id: str, study: str, metric: str, mode: str,
+                    space_keys: list[str]) -> None:
+    """The study's view of the runs table: its runs, best objective first, with the objective, the outcome,
+    the rung a pruned trial stopped at and the searched params as columns."""
+    state = {**view_search(study, metric, mode), "orderByAsc": mode == "min",
+             "selectedColumns": [f"metrics.`{metric}`", "tags.`aaclip.outcome`", f"tags.`{PRUNED_AT}`",
+                                 *(f"params.`{key}`" for key in space_keys)]}
+    client.set_experiment_tag(experiment_id, SHARED_VIEW + study, json.dumps(state))
+
+
+def study_link(client: MlflowClient, uri: str, experiment_id: str, study: str, metric: str, mode: str) -> str:
+    """The link to the study's runs: its saved view where there is one, else the search and sort alone."""
+    try:
+        saved = SHARED_VIEW + study in client.get_experiment(experiment_id).tags
+    except Exception:  # noqa: BLE001 - the server is away: the link without the view still works later
+        saved = False
+    if saved:
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={study}"
+    return runs_link(uri, experiment_id, study, metric, mode)
 
 
 # MLflow 3's UI opens an experiment by this tag: without it, on its GenAI pages (traces, judges); with it, on the
@@ -164,6 +208,15 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 FINAL_OUTCOMES = ("completed", "pruned", "stopped", "failed")
+PRUNED_AT = "aaclip.pruned_at"  # on a pruned trial's run: the rung it stopped at, e.g. "loop 1"
+# A pruned trial did what ASHA asked of it: FINISHED, told from a completed one by its outcome tag, never shown
+# with the red cross of a crash. A guard-stopped or interrupted trial did not run as planned: KILLED.
+RUN_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}
+
+
+def run_status(outcome: str) -> str:
+    """The MLflow run status that a trial's recorded outcome ends its run with."""
+    return RUN_STATUS.get(outcome, "KILLED")
 
 
 class TrialRun:
@@ -278,7 +331,7 @@ def _node() -> str:
 
 
 def mark_trial_outcome(client: MlflowClient, experiment_id: str, study: str, trial_id: str, *,
-                       outcome: str, reason: str = "") -> None:
+                       outcome: str, reason: str = "", rung: str = "") -> None:
     """Record how a trial ended, from the driver (a stopped worker cannot always close its own run).
 
     The first outcome the driver records stands (Optuna, too, keeps its first verdict): a trial that a resumed
@@ -294,9 +347,10 @@ def mark_trial_outcome(client: MlflowClient, experiment_id: str, study: str, tri
         items = [RunTag("aaclip.outcome", outcome), RunTag(OUTCOME_BY, "driver")]
         if reason:
             items.append(RunTag("aaclip.stop_reason", reason[:8000]))
+        if outcome == "pruned" and rung:
+            items.append(RunTag(PRUNED_AT, rung))
         client.log_batch(run.info.run_id, tags=items)
-    status = {"completed": "FINISHED", "failed": "FAILED"}.get(outcome, "KILLED")
-    client.set_terminated(run.info.run_id, status=status)
+    client.set_terminated(run.info.run_id, status=run_status(outcome))
 
 
 def recorded_outcomes(client: MlflowClient, parent) -> dict[str, str]:

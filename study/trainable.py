@@ -24,7 +24,7 @@ from study.callbacks import remove_scratch
 from study.devices import require_cuda_for_assigned_gpus
 from study.mlflow_env import CLIENT_SETTINGS
 from study.plots import gradient_flow_plot
-from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline
+from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline, run_identity
 from study.spec import Study, planned_epochs
 from study.spool import batch_op, spool_root
 from study.tracking import Connector, TrialRun, numeric_metrics
@@ -105,7 +105,8 @@ def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseli
     scratch = Path(context.aaclip_home) / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     out_dir = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-", dir=scratch))
-    reporter = EpochReporter(context.study, run, out_dir, planned_epochs(train_config))
+    reporter = EpochReporter(context.study, run, out_dir, planned_epochs(train_config),
+                             run_identity(run.run_id, tune_context.get_trial_name()))
     try:
         with restored_checkpoint() as resume:
             fit(train_config, out_dir=out_dir, on_epoch=reporter, resume=resume)
@@ -132,8 +133,10 @@ def restored_checkpoint() -> Iterator[Path | None]:
 class EpochReporter:
     """fit's on_epoch callback: MLflow first (from this worker), then Tune (which may stop the trial)."""
 
-    def __init__(self, study: Study, run: TrialRun, out_dir: Path, planned: int):
+    def __init__(self, study: Study, run: TrialRun, out_dir: Path, planned: int,
+                 identity: dict[str, str] | None = None):
         self.planned = planned
+        self.identity = identity or {}  # the MLflow run and name, for the searcher to tell Optuna
         self.objective = study.spec.objective
         self.share_floor = study.spec.guard.image_adapter_share_floor
         self.run = run
@@ -152,7 +155,7 @@ class EpochReporter:
             if completed:
                 self.run.set_tags({"aaclip.outcome": "completed"})
             self.run.mark_epoch(int(metrics["epoch"]))  # last: a restart redoes whatever came before it
-        report = numeric_metrics(metrics)
+        report = {**numeric_metrics(metrics), **self.identity}
         if completed:
             report[COMPLETED_KEY] = 1.0
         ray.tune.report(report, checkpoint=ray.tune.Checkpoint.from_directory(checkpoint_dir))

@@ -105,6 +105,14 @@ def ranked_search_trials(runs: list, metric: str, mode: str) -> list:
     return sorted(completed, key=lambda run: -sign * run.data.metrics[metric])
 
 
+def best_and_baseline(runs: list, metric: str, mode: str):
+    """The best completed searched run and the completed baseline run (each None if there is none)."""
+    ranked = ranked_search_trials(runs, metric, mode)
+    baseline = next((run for run in runs if run.data.tags.get("aaclip.baseline") == "true"
+                     and final_value(run, metric) is not None), None)
+    return (ranked[0] if ranked else None), baseline
+
+
 def final_value(run, metric: str) -> float | None:
     """The objective at the end of a run that finished its schedule, else None."""
     value = run.data.metrics.get(metric)

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from study.tracking import run_status
+
 try:  # tests/integration is imported as a rootdir-relative package or as a plain folder, depending on layout
     from tests.integration.postgres import INSTALL_HINT, PostgresServer, find_postgres_bin, free_port, wait_for_http
 except ImportError:
@@ -232,8 +234,7 @@ def study_shape(uri: str) -> dict[str, Any]:
         # Which trials ASHA stops depends on timing, so the statuses themselves differ between two runs; what
         # must hold on both servers is that each run's status agrees with its recorded outcome.
         "trial statuses match outcomes": all(
-            run.info.status == {"completed": "FINISHED", "failed": "FAILED"}.get(
-                run.data.tags.get("aaclip.outcome"), "KILLED") for run in children),
+            run.info.status == run_status(run.data.tags.get("aaclip.outcome", "")) for run in children),
         "trial tags": set().union(*(set(run.data.tags) for run in children)) - optional_tags,
         "trial params": set().union(*(set(run.data.params) for run in children)),
         "trial metrics": set().union(*(set(run.data.metrics) for run in children)),

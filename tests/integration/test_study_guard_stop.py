@@ -28,3 +28,8 @@ def test_guard_stops_a_trial_and_says_why(ray_cluster, mlflow_uri, study_home, w
     assert row.state == "stopped" and "starve" in row.reason
     optuna_study = optuna.load_study(study_name="starving", storage=parent.data.tags["aaclip.optuna_storage"])
     assert [trial.state for trial in optuna_study.trials] == [optuna.trial.TrialState.PRUNED]
+    # Optuna and MLflow point at each other: the objective's name, the run id and the trial name.
+    assert optuna_study.metric_names == [parent.data.tags["aaclip.objective"]]
+    assert optuna_study.trials[0].user_attrs == {"mlflow_run_id": run.info.run_id,
+                                                 "mlflow_trial_name": run.info.run_name}
+    assert run.data.tags["mlflow.note.content"].startswith("stopped: ")  # its one-line description

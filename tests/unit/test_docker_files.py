@@ -337,6 +337,16 @@ def test_ci_install_script_is_idempotent_and_quiet():
     subprocess.run(["bash", "-n", str(script)], check=True)
 
 
+def test_ci_installs_chromium_idempotently_for_the_browser_test():
+    script = DOCKER / "ci-install-chromium.sh"
+    assert os.access(script, os.X_OK), "docker/ci-install-chromium.sh must be executable"
+    text = script.read_text()
+    assert "apt-get update -qq" in text and "apt-get install -y -qq" in text and "chromium" in text
+    assert re.search(r"if \[ -x /usr/bin/chromium \]; then\s+exit 0", text), "must do nothing when installed"
+    assert "bash docker/ci-install-chromium.sh" in (DOCKER.parent / ".ci" / "run").read_text()
+    subprocess.run(["bash", "-n", str(script)], check=True)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The guide
 

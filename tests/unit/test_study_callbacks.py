@@ -49,6 +49,18 @@ def test_tracking_credentials_travel_with_the_trial_context(monkeypatch, tmp_pat
     assert os.environ["AACLIP_HOME"] == str(tmp_path)
 
 
+def test_progress_line_shows_where_each_running_trial_is():
+    class Named(SimpleNamespace):
+        def __str__(self) -> str:
+            return self.trial_id
+
+    trials = [Named(trial_id="s-001", status="RUNNING", last_result={"loop": 2.0, "epoch": 5.0}, config={}),
+              Named(trial_id="s-002", status="RUNNING", last_result={}, config={}),  # no report yet
+              Named(trial_id="s-003", status="TERMINATED", last_result={"loop": 1.0, "epoch": 2.0}, config={})]
+    line = progress_line("s", trials, "val/pixel_auroc", "max", {})
+    assert line.endswith("2 running, 0 pending (s-001 loop 2 epoch 5)")
+
+
 def test_progress_line_after_ctrl_c_counts_stopped_trials_as_interrupted():
     trials = [trial("a", "TERMINATED", **{"trial/completed": 1.0}), trial("b", "TERMINATED"), trial("c", "TERMINATED")]
     line = progress_line("s", trials, "val/pixel_auroc", "max", {}, interrupted=["b", "c"])

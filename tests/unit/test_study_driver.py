@@ -38,7 +38,9 @@ def session_context(store, tmp_path) -> tuple[MlflowClient, TrialContext]:
     uri, client, experiment = store
     study = parse_study({"name": "session", "base": "tiny", "objective": {"metric": "val/pixel_auroc", "mode": "max"},
                          "space": {"optim.image_lr": {"loguniform": [1.0e-4, 1.0e-2]}}}, source="unit.yaml")
-    parent = client.create_run(experiment).info.run_id
+    parent = client.create_run(experiment, tags={  # what every study's parent run carries (launch.py)
+        "aaclip.role": "study", "aaclip.study": "session", "aaclip.objective": "val/pixel_auroc",
+        "aaclip.mode": "max"}).info.run_id
     client.set_terminated(parent, status="KILLED")  # as a resumed study's parent starts
     context = TrialContext(study, uri, experiment, parent, str(tmp_path), {}, Connector(uri))
     return client, context

@@ -31,3 +31,39 @@ def test_a_kind_the_user_chose_is_kept(tmp_path: Path) -> None:
                                       tags={KIND: "genai_development"})
     ensure_experiment(client, "mine")
     assert client.get_experiment(chosen).tags[KIND] == "genai_development"
+
+
+def test_the_printed_link_shows_the_study_best_first():
+    """The query MLflow 3.17's UI reads (server/js: searchFilter, orderByKey, orderByAsc); the browser test
+    (tests/integration/test_mlflow_ui.py) checks the UI honours it."""
+    from urllib.parse import parse_qs
+
+    from study.tracking import runs_link
+
+    link = runs_link("http://127.0.0.1:5000/", "7", "smoke-1", "val/pixel_auroc", "max")
+    base, query = link.split("?")
+    assert base == "http://127.0.0.1:5000/#/experiments/7/runs"
+    assert parse_qs(query) == {"searchFilter": ["tags.`aaclip.study` = 'smoke-1'"],
+                               "orderByKey": ["metrics.`val/pixel_auroc`"], "orderByAsc": ["false"]}
+    assert runs_link("http://h", "7", "s", "val/loss", "min").endswith("orderByAsc=true")
+    assert runs_link("http://h", "7") == "http://h/#/experiments/7/runs"
+
+
+def test_a_saved_study_view_is_what_the_link_opens(tmp_path: Path) -> None:
+    """Columns cannot be chosen through the URL: the study's view (search, sort, columns) is an experiment tag
+    that MLflow 3.17's UI restores from ?viewStateShareKey=<study>."""
+    import json
+
+    from study.tracking import SHARED_VIEW, save_study_view, study_link
+
+    client = client_at(tmp_path)
+    experiment = ensure_experiment(client, "views")
+    uri = "http://127.0.0.1:5000"
+    assert "orderByKey=" in study_link(client, uri, experiment, "s1", "val/loss", "min")  # no view saved yet
+    save_study_view(client, experiment, "s1", "val/loss", "min", ["optim.image_lr"])
+    assert study_link(client, uri, experiment, "s1", "val/loss", "min") == \
+        f"{uri}/#/experiments/{experiment}/runs?viewStateShareKey=s1"
+    state = json.loads(client.get_experiment(experiment).tags[SHARED_VIEW + "s1"])
+    assert state["orderByKey"] == "metrics.`val/loss`" and state["orderByAsc"] is True
+    assert state["selectedColumns"][:2] == ["metrics.`val/loss`", "tags.`aaclip.outcome`"]
+    assert "params.`optim.image_lr`" in state["selectedColumns"]

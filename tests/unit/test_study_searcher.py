@@ -4,7 +4,7 @@ from __future__ import annotations
 import optuna
 import yaml
 
-from study.searcher import COMPLETED_KEY, INDEX_KEY, BaselineFirst, StudyOptunaSearch, is_baseline
+from study.searcher import COMPLETED_KEY, INDEX_KEY, BaselineFirst, StudyOptunaSearch, is_baseline, run_identity
 from study.spec import parse_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -91,3 +91,17 @@ def test_restore_fails_optuna_trials_the_saved_state_never_knew(tmp_path):
     restored.on_trial_complete("kept", {"loop": 2, METRIC: 3.0, COMPLETED_KEY: 1.0})
     assert [trial.state for trial in restored.optuna_study.trials][:2] == [optuna.trial.TrialState.COMPLETE,
                                                                            optuna.trial.TrialState.PRUNED]
+
+
+def test_optuna_trials_point_at_their_mlflow_runs_and_hear_every_rung():
+    """The objective is named after the metric; each Optuna trial carries its MLflow run id and trial name; a
+    completed trial's last rung reaches Optuna even when Tune hands that result to on_trial_complete only."""
+    search = StudyOptunaSearch(make_study(), storage=None, time_attr="loop")
+    assert search.optuna_study.metric_names == [METRIC]
+    search.suggest("a")
+    identity = run_identity("run-a", "unit-001")
+    search.on_trial_result("a", {"loop": 1, "epoch": 2, METRIC: 50.0, **identity})
+    search.on_trial_complete("a", {"loop": 2, "epoch": 4, METRIC: 60.0, COMPLETED_KEY: 1.0, **identity})
+    trial = search.optuna_study.trials[0]
+    assert trial.user_attrs == {"mlflow_run_id": "run-a", "mlflow_trial_name": "unit-001"}
+    assert trial.intermediate_values == {1: 50.0, 2: 60.0} and trial.value == 60.0

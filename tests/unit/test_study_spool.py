@@ -142,3 +142,24 @@ def test_resume_replays_what_dead_workers_and_the_driver_left(store, tmp_path):
         assert not Spool(spool_root(tmp_path, "study") / name).pending()
     assert Spool(spool_root(tmp_path, "another-study") / "other").pending()  # another study's spool waits
     assert client.get_run(runs["other"]).data.params == {}
+
+
+def test_recorded_outcomes_end_runs_pruned_finished_with_the_rung_failures_failed(store):
+    """A pruned trial did what ASHA asked: FINISHED with outcome pruned and its rung, unlike a failure or a
+    guard stop; a spooled outcome from before the rung existed still applies."""
+    from study.spool import apply
+    from study.tracking import PRUNED_AT
+
+    uri, client, experiment = store
+    ops = {"pruned": {"reason": "ASHA: below the rung's cutoff at loop 1", "rung": "loop 1"},
+           "failed": {"reason": "ValueError: boom"}, "stopped": {"reason": "guard: nan"}, "completed": {}}
+    for outcome, extra in ops.items():
+        client.create_run(experiment, tags={"aaclip.study": "outcomes", "aaclip.trial_id": outcome})
+        apply(client, {"op": "outcome", "experiment_id": experiment, "study": "outcomes", "trial_id": outcome,
+                       "outcome": outcome, "reason": extra.get("reason", ""), **extra})
+    runs = {run.data.tags["aaclip.trial_id"]: run for run in client.search_runs(
+        [experiment], "tags.`aaclip.study` = 'outcomes'")}
+    assert {key: run.info.status for key, run in runs.items()} == {
+        "pruned": "FINISHED", "completed": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
+    assert runs["pruned"].data.tags["aaclip.outcome"] == "pruned" and runs["pruned"].data.tags[PRUNED_AT] == "loop 1"
+    assert all(PRUNED_AT not in run.data.tags for key, run in runs.items() if key != "pruned")
