@@ -8,7 +8,6 @@ under CI=true its absence fails the test.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 
