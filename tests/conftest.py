@@ -1,6 +1,7 @@
 """Shared fixtures. Add new fixtures at the end; do not remove others' fixtures."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,13 @@ def tiny_config(tiny_data: dict[str, Path], aaclip_home: Path):
         "data.text_batch": 6, "data.image_batch": 6, "eval.aupro": False,
     }
     return load_config("tiny", overrides)
+
+
+@pytest.fixture
+def restored_environment():
+    """os.environ as it was before the test: for code that sets the driver's environment (MLFLOW_TRACKING_URI,
+    Tune's settings) in the test process."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

@@ -5,7 +5,6 @@ phases' fit() (where Tune does not catch it) is an interruption like one inside,
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -17,13 +16,8 @@ from study.tracking import DRIVER_STATE, Connector
 from study.trainable import TrialContext
 
 
-@pytest.fixture(autouse=True)
-def driver_environment():
-    """The session sets the driver's environment (MLFLOW_TRACKING_URI and Tune's settings): restored after."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+# The session sets the driver's environment (MLFLOW_TRACKING_URI and Tune's settings): restored after each test.
+pytestmark = pytest.mark.usefixtures("restored_environment")
 
 
 @pytest.fixture(scope="module")

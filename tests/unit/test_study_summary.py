@@ -2,7 +2,6 @@
 trial, written when the study session ends through the driver's spool."""
 from __future__ import annotations
 
-import os
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -17,12 +16,8 @@ METRIC = "val/pixel_auroc"
 SPACE = ("optim.image_lr", "feedback.loops")
 
 
-@pytest.fixture(autouse=True)
-def driver_environment():
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+# The session sets the driver's environment (MLFLOW_TRACKING_URI and Tune's settings): restored after each test.
+pytestmark = pytest.mark.usefixtures("restored_environment")
 
 
 def add_trial(client, experiment, parent, name, outcome, value=None, baseline=False, **tags):
