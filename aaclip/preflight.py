@@ -48,3 +48,5 @@ def check_model_name(name: str) -> None:
     """--register MODEL (aaclip train, aaclip-study export): a name MLflow's registry can hold."""
     if not name.strip():
         raise AaclipError("--register: give the name of the MLflow model to register, e.g. --register aaclip")
+    if any(character in name for character in "/:") or name.strip(".") == "":
+        raise AaclipError(f"--register {name}: MLflow model names cannot contain '/' or ':' (or be dots only)")

@@ -116,7 +116,9 @@ def train_folder(tmp_path: Path, tiny_config, monkeypatch) -> Path:
     (["--tracking-uri", "http://127.0.0.1:9", "--register", "m"], "tracking server http://127.0.0.1:9 does not"),
     (["--tracking-uri", "http://127.0.0.1:9"], "http://127.0.0.1:9/health"),
     (["--tracking-uri", "http://127.0.0.1:9", "--register", " "], "--register: give the name"),
-], ids=["register-without-server", "register-unreachable", "tracking-unreachable", "register-empty-name"])
+    (["--tracking-uri", "http://127.0.0.1:9", "--register", "team/model"], "--register team/model: MLflow model"),
+], ids=["register-without-server", "register-unreachable", "tracking-unreachable", "register-empty-name",
+        "register-slash"])
 def test_train_refuses_tracking_mistakes(extra, culprit, train_folder: Path, tiny_data, capsys, monkeypatch):
     before = snapshot(train_folder, *tiny_data.values())
     outcome = run_main(aaclip_cli.main, ["aaclip", "train", "config.yaml", "--out", "run", *extra], capsys,
