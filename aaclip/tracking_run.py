@@ -70,8 +70,10 @@ class RetrainRun:
     def begin(self) -> str:
         if self.run_id is None:
             experiment_id = _experiment_id(self.client, self.experiment, self.source)
-            tags = {ROLE: "retrain", EXPORT_FILE: str(self.config_file.resolve()), **source_tags(self.provenance),
+            tags = {ROLE: "retrain", **source_tags(self.provenance),
                     DESCRIPTION: describe(self.provenance, self.source, self.client.tracking_uri, self.config_file)}
+            if self.provenance:
+                tags[EXPORT_FILE] = str(self.config_file.resolve())
             name = f"retrain-{self.provenance['trial']}" if self.provenance else f"train-{self.config_file.stem}"
             run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
             params = [Param(key, value) for key, value in mlflow_params(self.config).items()]

@@ -142,3 +142,43 @@ def test_training_without_tracking_never_imports_mlflow() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_export_register_of_a_trial_without_adapters_writes_nothing(mlflow_uri, tiny_config, tmp_path: Path,
+                                                                    capsys, monkeypatch) -> None:
+    """A trial that never finished an evaluation has no best adapters: refused, and no YAML, no model version."""
+    from study.tracking import PARENT, ROLE, STUDY, TRIAL_ID, create_parent_run, ensure_experiment
+
+    client = MlflowClient(mlflow_uri)
+    study = "adapterless"
+    experiment_id = ensure_experiment(client, study)
+    parent = create_parent_run(client, experiment_id, study,
+                               {"aaclip.objective": "val/pixel_auroc", "aaclip.mode": "max"}, {})
+    trial = client.create_run(experiment_id, run_name="trial-0", tags={
+        ROLE: "trial", STUDY: study, TRIAL_ID: "t0", PARENT: parent, "aaclip.outcome": "completed"})
+    client.log_metric(trial.info.run_id, "val/pixel_auroc", 50.0)
+    client.log_text(trial.info.run_id, tiny_config.to_yaml(), "config.yaml")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    outcome = run_main(study_cli.main, ["aaclip-study", "export", study, "-o", str(folder / "best.yaml"),
+                                        "--tracking-uri", mlflow_uri, "--register", "never-made"], capsys, monkeypatch)
+    outcome.assert_refused("trial trial-0 has no best_adapters/adapters.pt")
+    assert list(folder.iterdir()) == []
+    assert client.search_registered_models("name = 'never-made'") == []
+
+
+def test_a_config_without_provenance_trains_into_its_own_experiment(mlflow_uri, train_folder: Path, capsys,
+                                                                     monkeypatch) -> None:
+    """Not exported from a study: no lineage tags, the aaclip-retrain experiment (opening on the runs table)."""
+    outcome = run_main(aaclip_cli.main, ["aaclip", "train", "config.yaml", "--out", "run", "--tracking-uri",
+                                         mlflow_uri, "--set", "feedback.loops=1", "--set", "feedback.image_epochs=1"],
+                       capsys, monkeypatch)
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("aaclip-retrain")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    run = client.search_runs([experiment.experiment_id], "attributes.run_name = 'train-config'",
+                             order_by=["attributes.start_time DESC"])[0]
+    assert run.info.status == "FINISHED" and run.data.tags["aaclip.role"] == "retrain"
+    assert not any(key.startswith(("aaclip.source_", "aaclip.export")) for key in run.data.tags)
+    assert run.data.params["feedback.loops"] == "1" and "val/pixel_auroc" in run.data.metrics
