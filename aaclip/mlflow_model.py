@@ -40,6 +40,7 @@ from aaclip.checkpoint import load_trainable, read_safetensors, write_safetensor
 from aaclip.config import TrainConfig, load_config  # noqa: E402
 from aaclip.evaluate import batch_predictions, class_text  # noqa: E402
 from aaclip.model import AdaptedCLIP  # noqa: E402
+from aaclip.session import build_model, resolve_device  # noqa: E402
 
 ADAPTERS, CONFIG = "adapters", "config"  # the model's artifact keys
 MODEL_NAME = "aaclip"  # the logged model's name within its run
@@ -47,6 +48,13 @@ DEFAULT_CLASS = "object"  # the prompts' class name when predict is given none
 # provenance key (written by `aaclip-study export`) -> the tag that carries it on a retrain run and a model version
 SOURCE_TAGS = {"study": "aaclip.source_study", "trial": "aaclip.source_trial", "trial_id": "aaclip.source_trial_id",
                "mlflow_run_id": "aaclip.source_run_id"}
+
+
+def describe_trial(provenance: dict[str, Any]) -> str:
+    """`trial T of study S (metric = value)`, for descriptions a person reads."""
+    value = provenance.get("value")
+    shown = f"{value:.4g}" if isinstance(value, float) else value
+    return f"trial {provenance['trial']} of study {provenance['study']} ({provenance.get('metric')} = {shown})"
 
 
 def source_tags(provenance: dict[str, Any] | None) -> dict[str, str]:
@@ -77,8 +85,6 @@ class AdaptedClipModel(PythonModel):
 
 def build_adapted(config: TrainConfig, adapters: dict[str, torch.Tensor], source: str,
                   device: str | None = None) -> AdaptedCLIP:
-    from aaclip.session import build_model, resolve_device
-
     model = build_model(config, resolve_device(device or config.model.device))
     load_trainable(model, adapters, source)
     return model.eval()
@@ -113,7 +119,12 @@ def register_adapters(client: MlflowClient, run_id: str, name: str, adapters: di
                       config_file: Path, *, description: str, tags: dict[str, str]):
     """Log the adapters and config (a TrainConfig YAML; a provenance section is kept) as a model of run
     `run_id`, and register it as a new version of `name` (created when new). The version's run is `run_id`; its
-    description and tags say where it comes from."""
+    description and tags say where it comes from.
+
+    Step by step rather than mlflow.pyfunc.log_model, which logs into the active fluent run (reopening a
+    finished trial's run would change its status) and files a model of an explicit run under the default
+    experiment instead of the run's.
+    """
     run = client.get_run(run_id)
     config = load_config(config_file)  # refuses a config that would not load back
     logged = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,

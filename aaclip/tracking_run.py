@@ -10,10 +10,13 @@ server. --register logs the final adapters as a model of this run and registers 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
+
+import yaml
 
 from aaclip.mlflow_env import apply_client_settings
 
@@ -26,7 +29,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from aaclip.checkpoint import load_adapters  # noqa: E402
 from aaclip.config import TrainConfig, mlflow_params, read_yaml  # noqa: E402
 from aaclip.errors import AaclipError  # noqa: E402
-from aaclip.mlflow_model import register_adapters, source_tags  # noqa: E402
+from aaclip.mlflow_model import describe_trial, register_adapters, source_tags  # noqa: E402
 
 ROLE = "aaclip.role"  # "retrain": never taken for a study's trial (those are "trial")
 EXPORT_FILE = "aaclip.export_file"
@@ -89,16 +92,19 @@ class RetrainRun:
 
     def __exit__(self, kind, error, traceback) -> None:
         if kind is not None and self.run_id is not None:
-            self.client.set_terminated(self.run_id, "KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
+            try:
+                self.client.set_terminated(self.run_id, "KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
+            except MlflowException:  # the server is gone too: the training's own error is the one to report
+                pass
 
     def epoch_logger(self, progress: Callable[[dict, Path], None]) -> Callable[[dict, Path], None]:
         """fit's on_epoch: the progress line, then the epoch's metrics (a server gone mid-run stops only these)."""
 
         def on_epoch(metrics: dict, checkpoint: Path) -> None:
             progress(metrics, checkpoint)
-            self.begin()
             if self.logging_epochs:
                 try:
+                    self.begin()
                     self.log_metrics(metrics, int(metrics["epoch"]))
                 except MlflowException as error:
                     self.logging_epochs = False
@@ -115,21 +121,30 @@ class RetrainRun:
 
     def finish(self, out: Path, final_epoch: int, test_metrics: dict[str, float], register: str | None):
         """Test metrics, metrics.json, the registered model (its version, or None); then the run is FINISHED."""
-        self.begin()
-        if test_metrics:
-            self.log_metrics(test_metrics, final_epoch)
-        if (out / "metrics.json").is_file():
-            self.client.log_artifact(self.run_id, str(out / "metrics.json"))
-        version = None
-        if register:
-            trial = f"trial {self.provenance['trial']} of study {self.provenance['study']}" if self.provenance \
-                else f"{self.config_file}"
-            version = register_adapters(
-                self.client, self.run_id, register, load_adapters(out / "checkpoint"), self.config_file,
-                description=f"Retrain of {trial}: the final adapters of run {self.run_id} (`aaclip train`).",
-                tags={**source_tags(self.provenance), "aaclip.retrain_run_id": self.run_id})
-        self.client.set_terminated(self.run_id, "FINISHED")
+        try:
+            self.begin()
+            if test_metrics:
+                self.log_metrics(test_metrics, final_epoch)
+            if (out / "metrics.json").is_file():
+                self.client.log_artifact(self.run_id, str(out / "metrics.json"))
+            version = self.register(register, out / "checkpoint") if register else None
+            self.client.set_terminated(self.run_id, "FINISHED")
+        except MlflowException as error:
+            raise AaclipError(f"tracking server {self.client.tracking_uri}: {str(error).splitlines()[0][:300]}; "
+                              f"the trained model is in {out}") from None
         return version
+
+    def register(self, name: str, checkpoint: Path):
+        """The final adapters with the config they trained with (--set included; the export's provenance kept)."""
+        source = describe_trial(self.provenance) if self.provenance else str(self.config_file)
+        data = self.config.to_dict() | ({"provenance": self.provenance} if self.provenance else {})
+        with tempfile.TemporaryDirectory() as folder:
+            config_file = Path(folder) / "config.yaml"
+            config_file.write_text(yaml.safe_dump(data, sort_keys=False))
+            return register_adapters(
+                self.client, self.run_id, name, load_adapters(checkpoint), config_file,
+                description=f"Retrain of {source}: the final adapters of run {self.run_id} (`aaclip train`).",
+                tags={**source_tags(self.provenance), "aaclip.retrain_run_id": self.run_id})
 
 
 def run_link(uri: str, experiment_id: str, run_id: str) -> str:
@@ -162,9 +177,8 @@ def _experiment_id(client: MlflowClient, name: str | None, source) -> str:
 def describe(provenance: dict[str, Any] | None, source, uri: str, config_file: Path) -> str:
     if not provenance:
         return f"`aaclip train {config_file}`"
-    trial = f"trial **{provenance['trial']}** of study **{provenance['study']}**"
+    trial = describe_trial(provenance)
     if source is not None:
-        trial = (f"{trial} ([its run]({run_link(uri, source.info.experiment_id, source.info.run_id)}), "
-                 f"{provenance.get('metric')} = {provenance.get('value')})")
+        trial += f", [the trial's run]({run_link(uri, source.info.experiment_id, source.info.run_id)})"
     return (f"Retrain of {trial}, from the exported `{config_file.name}` (selected as: "
             f"{provenance.get('selection', 'unknown')}).")

@@ -106,7 +106,7 @@ def register_trial(client, provenance: dict[str, Any], exported: Path, model: st
     """`export --register MODEL`: the exported trial's best adapters (logged by the trial at its best evaluation)
     with the exported config, as a new version of MODEL whose run is the trial's run."""
     from aaclip.checkpoint import load_adapters
-    from aaclip.mlflow_model import register_adapters, source_tags
+    from aaclip.mlflow_model import describe_trial, register_adapters, source_tags
 
     run_id = provenance["mlflow_run_id"]
     with tempfile.TemporaryDirectory() as folder:
@@ -116,9 +116,8 @@ def register_trial(client, provenance: dict[str, Any], exported: Path, model: st
             raise StudyError(f"--register: trial {provenance['trial']} has no {BEST_ADAPTERS}/adapters.pt (it never "
                              "finished an evaluation); pick another trial with --trial") from None
         adapters = load_adapters(adapters_file.parent)
-    description = (f"Trial {provenance['trial']} of study {provenance['study']}: its best adapters "
-                   f"({provenance['metric']} = {provenance['value']}), exported with its config; "
-                   f"selected as {provenance['selection']}.")
+    description = (f"The best adapters of {describe_trial(provenance)}, with its exported config; selected as "
+                   f"{provenance['selection']}.")
     return register_adapters(client, run_id, model, adapters, exported, description=description,
                              tags=source_tags(provenance))
 
