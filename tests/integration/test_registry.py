@@ -65,8 +65,9 @@ def test_export_register_then_retrain_register(ray_cluster, mlflow_uri, study_ho
 
     # export --register: the trial's best adapters, registered under the trial's run
     best = tmp_path / "best.yaml"
-    exported = cli.run("export", NAME, "-o", str(best), "--tracking-uri", mlflow_uri, "--register", MODEL)
-    assert exported.returncode == 0, exported.stderr[-3000:]
+    exported = run_main(study_cli.main, ["aaclip-study", "export", NAME, "-o", str(best), "--tracking-uri",
+                                         mlflow_uri, "--register", MODEL], capsys, monkeypatch)
+    assert exported.code == 0, exported.stderr[-3000:]
     assert f"registered: models:/{MODEL}/1" in exported.stdout
     first = client.get_model_version(MODEL, "1")
     assert first.run_id == trial.info.run_id
