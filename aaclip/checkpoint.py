@@ -4,6 +4,8 @@ A checkpoint is a directory:
     adapters.pt   trainable weights only (adapters, projections, cross-attention): the artifact people share
     state.pt      optimizer states, position in the feedback schedule, RNG state, metric history, config digest
     config.yaml   the full TrainConfig that produced it
+
+A registered model (aaclip/mlflow_model.py) carries the trainable weights as adapters.safetensors instead.
 """
 from __future__ import annotations
 
@@ -72,11 +74,34 @@ def load_adapters(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def load_trained(model: nn.Module, folder: Path) -> None:
-    """A checkpoint's trainable weights into a model whose frozen CLIP is already built: adapters.pt holds only
-    the trainable part, so the model's own CLIP weights complete the strict load."""
+    """A checkpoint's trainable weights into a model whose frozen CLIP is already built."""
     folder = Path(folder)
+    load_trainable(model, load_adapters(folder), str(folder / "adapters.pt"))
+
+
+def load_trainable(model: nn.Module, adapters: dict[str, torch.Tensor], source: str) -> None:
+    """Trainable weights (adapters, projections, cross-attention) hold only the trainable part: the model's own
+    CLIP weights complete the strict load."""
     frozen = {key: value for key, value in model.state_dict().items() if key.startswith("clip.")}
-    load_into(model, load_adapters(folder) | frozen, str(folder / "adapters.pt"))
+    load_into(model, adapters | frozen, source)
+
+
+def write_safetensors(adapters: dict[str, torch.Tensor], path: Path) -> Path:
+    """Adapters as safetensors (the registry's format: no pickle, loadable without this project's code)."""
+    from safetensors.torch import save_file
+
+    save_file({key: value.detach().cpu().contiguous() for key, value in adapters.items()}, str(path))
+    return Path(path)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors adapter file ({error})") from None
 
 
 def load_into(module: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:

@@ -1,8 +1,10 @@
 """`aaclip`: train, evaluate, diagnose, make data. User mistakes print one line and exit 2."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -52,23 +54,56 @@ def train(config: str = typer.Argument(..., help="Config file or shipped name (t
           overrides: Optional[list[str]] = SetOption,
           out: Path = typer.Option(Path("runs/latest"), "--out", help="Output folder"),
           resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a checkpoint folder"),
-          test: bool = typer.Option(False, "--test", help="Also evaluate data.test at the end")):
+          test: bool = typer.Option(False, "--test", help="Also evaluate data.test at the end"),
+          tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Log the run to this MLflow "
+                                                     "server (default $MLFLOW_TRACKING_URI; unset: no logging)"),
+          register: Optional[str] = typer.Option(None, "--register", help="Register the trained adapters as a new "
+                                                 "version of this MLflow model (needs a tracking server)"),
+          experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment (default: the "
+                                                   "exported trial's, else aaclip-retrain)")):
     """Train a configuration through the whole feedback schedule."""
     from aaclip.preflight import check_train_start
 
     settings = _config(config, overrides)
     check_train_start(settings, out, resume, test)  # before torch is imported and before --out is touched
+    run = _tracked_run(tracking_uri, register, experiment, settings, config)
     from aaclip.outputs import write_text_atomically
     from aaclip.threads import available_cpus, configure_threads
     from aaclip.train import fit
 
     configure_threads(available_cpus(), settings.data.workers)
-    result = fit(settings, out_dir=out, on_epoch=_progress, resume=resume)
-    final = dict(result.metrics)
-    if test:
-        final |= _evaluate(settings, out / "checkpoint", "test")
-        write_text_atomically(out / "metrics.json", json.dumps(final, indent=2))
+    with run or contextlib.nullcontext():
+        result = fit(settings, out_dir=out, on_epoch=run.epoch_logger(_progress) if run else _progress,
+                     resume=resume)
+        final, tested = dict(result.metrics), {}
+        if test:
+            tested = _evaluate(settings, out / "checkpoint", "test")
+            write_text_atomically(out / "metrics.json", json.dumps(final | tested, indent=2))
+        version = run.finish(out, int(final["epoch"]), tested, register) if run else None
     typer.echo(f"done: {out}/metrics.json, checkpoint {out}/checkpoint")
+    if version:
+        typer.echo(f"registered: models:/{version.name}/{version.version} (load it with "
+                   f"aaclip.mlflow_model.load_registered)")
+
+
+def _tracked_run(tracking_uri: Optional[str], register: Optional[str], experiment: Optional[str], settings,
+                 config: str):
+    """The MLflow run of this training, or None without a tracking URI. Refusals come before anything is made."""
+    from aaclip.preflight import check_model_name
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if register is not None:
+        check_model_name(register)
+    if not uri:
+        if register:
+            raise AaclipError(f"--register {register}: needs a tracking server; pass --tracking-uri URI or set "
+                              "MLFLOW_TRACKING_URI")
+        return None
+    from aaclip.config import resolve_config_path
+    from aaclip.tracking_run import RetrainRun, check_tracking_server
+
+    check_tracking_server(uri)
+    return RetrainRun(uri, settings, resolve_config_path(config), experiment)
 
 
 def _evaluate(settings, checkpoint: Path, split: str) -> dict:
@@ -181,6 +216,8 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # with --tracking-uri
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     quiet_libraries()
     warnings.showwarning = show_as_one_line
     try:

@@ -334,6 +334,21 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+MLFLOW_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+def param_text(value: Any) -> str:
+    """A value as an MLflow param: strings as they are, anything else as JSON (lists, null, booleans)."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text[:MLFLOW_PARAM_CHARS]
+
+
+def mlflow_params(config: TrainConfig) -> dict[str, str]:
+    """The config as MLflow params, one per dotted key: the same for a study's trial and a retrain, so their
+    runs compare key by key."""
+    return {key: param_text(value) for key, value in flatten(config.to_dict()).items()}
+
+
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return apply_overrides({}, flat)
 

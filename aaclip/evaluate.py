@@ -45,6 +45,16 @@ def batch_predictions(model: AdaptedCLIP, pixels: torch.Tensor, anchors: torch.T
     return torch.stack(level_maps).sum(dim=0).cpu(), scores.cpu()
 
 
+@torch.no_grad()
+def class_text(model: AdaptedCLIP, names: list[str], config: TrainConfig, device: torch.device,
+               prompt_names: dict[str, str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per class: the anchors [C,E,2], made without text cross-attention at test time (§7.6), and the text
+    contexts [C,P*T,width] when image cross-attention runs at inference (else None)."""
+    tokens = model.tokenize(names, prompt_names).to(device)
+    use_context = config.cross_attention.enabled and config.cross_attention.at_inference
+    return model.class_anchors(tokens), (model.text_context(tokens) if use_context else None)
+
+
 def class_runs(names: list[str]) -> list[tuple[str, slice]]:
     """(class, rows) for each run of one class in a batch's class names (records come sorted by class)."""
     runs, start = [], 0
@@ -99,10 +109,7 @@ def evaluate_records(model: AdaptedCLIP, records: list[Record], config: TrainCon
     model.eval()
     chosen = sorted(evaluation_subset(records, config.eval.max_images), key=lambda record: record.class_name)
     names = class_names(chosen)
-    tokens = model.tokenize(names, prompt_names).to(device)
-    anchors = model.class_anchors(tokens)  # no text cross-attention at test time (§7.6)
-    use_context = config.cross_attention.enabled and config.cross_attention.at_inference
-    contexts = model.text_context(tokens) if use_context else None
+    anchors, contexts = class_text(model, names, config, device, prompt_names)
     index_of = {name: index for index, name in enumerate(names)}
     low, high = losses.anomaly_map_bounds(len(config.adapters.levels))
     stream = StreamedMetrics(low, high, mix=config.eval.image_score_mix, aupro=config.eval.aupro)

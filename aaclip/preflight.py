@@ -42,3 +42,11 @@ def check_start_files(config: TrainConfig, resume: Path | None) -> None:
         path = getattr(config.init, part)
         if path and not Path(path).expanduser().exists():
             raise CheckpointError(f"init.{part}: {path} does not exist")
+
+
+def check_model_name(name: str) -> None:
+    """--register MODEL (aaclip train, aaclip-study export): a name MLflow's registry can hold."""
+    if not name.strip():
+        raise AaclipError("--register: give the name of the MLflow model to register, e.g. --register aaclip")
+    if any(character in name for character in "/:") or name.strip(".") == "":
+        raise AaclipError(f"--register {name}: MLflow model names cannot contain '/' or ':' (or be dots only)")

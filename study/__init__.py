@@ -10,6 +10,6 @@
     status.py, export.py, report.py, plots.py, cli.py (`aaclip-study`)
 """
 
-from study.mlflow_env import apply_client_settings
+from aaclip.mlflow_env import apply_client_settings
 
 apply_client_settings()  # before anything imports mlflow (see mlflow_env.py)

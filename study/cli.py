@@ -96,12 +96,21 @@ def status(name: str = typer.Argument(...), tracking_uri: Optional[str] = Tracki
 def export(name: str = typer.Argument(...),
            output: Path = typer.Option(..., "-o", "--output", help="The TrainConfig YAML to write."),
            trial: Optional[str] = typer.Option(None, "--trial", help="A trial id or name (default: the best)."),
-           tracking_uri: Optional[str] = TrackingOption) -> None:
+           tracking_uri: Optional[str] = TrackingOption,
+           register: Optional[str] = typer.Option(None, "--register", help="Also register the trial's best "
+                                                  "adapters and this config as a new version of this MLflow model.")
+           ) -> None:
     """Write the best (or a chosen) trial's complete TrainConfig, with provenance, for `aaclip train`."""
-    from study.export import check_output, export_trial
+    from aaclip.preflight import check_model_name
+    from study.export import check_output, export_and_register, export_trial
 
     check_output(output)  # before a server is started or asked
-    provenance = export_trial(_client(tracking_uri), name, output, trial)
+    if register is None:
+        provenance = export_trial(_client(tracking_uri), name, output, trial)
+    else:
+        check_model_name(register)
+        provenance, version = export_and_register(_client(tracking_uri), name, output, trial, register)
+        echo(f"registered: models:/{version.name}/{version.version} (run: trial {provenance['trial']})")
     confirmed = provenance.get("confirmed")
     value = (f"confirmed mean {confirmed['mean']:.4g} over {confirmed['n']} fresh seeds" if confirmed
              else f"{provenance['metric']} = {_rounded(provenance['value'])}")

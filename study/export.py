@@ -8,6 +8,7 @@ repeats exactly the exported trial's run. The file carries its provenance; aacli
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mlflow.exceptions import MlflowException
 
 from aaclip.config import read_yaml, validate_config
 from aaclip.outputs import write_text_atomically
@@ -22,6 +24,7 @@ from study.errors import StudyError
 from study.tracking import STUDY, TRIAL_ID, require_parent_run, trial_runs
 from study.verdict import study_verdict
 
+BEST_ADAPTERS = "best_adapters"  # a trial run's artifact folder (study/trainable.py)
 UNCONFIRMED = ("the search's best single-seed trial: this study has no finished confirmation (spec `confirm:`), "
                "so the value is one seed's")
 
@@ -97,3 +100,35 @@ def check_output(path: Path) -> None:
         raise StudyError(f"-o {path}: is a folder; name the YAML file to write, e.g. {path / 'best.yaml'}")
     if not path.parent.is_dir():
         raise StudyError(f"-o {path}: folder {path.parent} does not exist")
+
+
+def register_trial(client, provenance: dict[str, Any], exported: Path, model: str):
+    """`export --register MODEL`: the exported trial's best adapters (logged by the trial at its best evaluation)
+    with the exported config, as a new version of MODEL whose run is the trial's run."""
+    from aaclip.checkpoint import load_adapters
+    from aaclip.mlflow_model import describe_trial, register_adapters, source_tags
+
+    run_id = provenance["mlflow_run_id"]
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            adapters_file = Path(client.download_artifacts(run_id, f"{BEST_ADAPTERS}/adapters.pt", folder))
+        except MlflowException:
+            raise StudyError(f"--register: trial {provenance['trial']} has no {BEST_ADAPTERS}/adapters.pt (it never "
+                             "finished an evaluation); pick another trial with --trial") from None
+        adapters = load_adapters(adapters_file.parent)
+    description = (f"The best adapters of {describe_trial(provenance)}, with its exported config; selected as "
+                   f"{provenance['selection']}.")
+    return register_adapters(client, run_id, model, adapters, exported, description=description,
+                             tags=source_tags(provenance))
+
+
+def export_and_register(client, name: str, output: Path, trial: str | None, model: str):
+    """Export, then register; the YAML appears at `output` only once the model version exists."""
+    staging = output.with_name(f".{output.name}.registering")
+    try:
+        provenance = export_trial(client, name, staging, trial)
+        version = register_trial(client, provenance, staging, model)
+        os.replace(staging, output)
+    finally:
+        staging.unlink(missing_ok=True)
+    return provenance, version

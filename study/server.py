@@ -23,7 +23,7 @@ from pathlib import Path
 from aaclip.home import aaclip_home
 from study.errors import StudyError
 from study.locks import file_lock
-from study.mlflow_env import client_settings
+from aaclip.mlflow_env import client_settings
 
 HOST = "127.0.0.1"
 PREFERRED_PORT = 5000

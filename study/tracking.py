@@ -27,7 +27,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from aaclip.config import TrainConfig, flatten
+from aaclip.config import TrainConfig, mlflow_params, param_text
 from study.errors import StudyError
 from study.server import current_uri
 from study.spool import Spool, Tracker, batch_op
@@ -192,14 +192,9 @@ def find_trial_run(client: MlflowClient, experiment_id: str, study: str, trial_i
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    items = [Param(key, _param_text(value)) for key, value in params.items()]
+    items = [Param(key, param_text(value)) for key, value in params.items()]
     for start in range(0, len(items), BATCH):
         client.log_batch(run_id, params=items[start:start + BATCH])
-
-
-def _param_text(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    return text[:6000]
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -249,7 +244,7 @@ class TrialRun:
 
         run = tracker.read(find_or_create, "opening the trial's run")
         run_id = run.info.run_id
-        params = {key: _param_text(value) for key, value in flatten(config.to_dict()).items()}
+        params = mlflow_params(config)
         missing = {key: value for key, value in params.items() if key not in run.data.params}
         for keys in _chunks(list(missing), BATCH):  # a retried attempt logs whatever an earlier one did not
             tracker.write(batch_op(run_id, params={key: missing[key] for key in keys}))

@@ -22,7 +22,7 @@ from aaclip.config import TrainConfig
 from aaclip.notices import recorded
 from study.callbacks import remove_scratch
 from study.devices import require_cuda_for_assigned_gpus
-from study.mlflow_env import CLIENT_SETTINGS
+from aaclip.mlflow_env import CLIENT_SETTINGS
 from study.plots import gradient_flow_plot
 from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline, run_identity
 from study.spec import Study, planned_epochs

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from study.callbacks import Progress, progress_line, trial_outcome
 from study.guard import GradientGuard
-from study.mlflow_env import client_settings
+from aaclip.mlflow_env import client_settings
 from study.spec import GuardSpec
 from study.trainable import TrialContext
 
@@ -38,7 +38,7 @@ def test_tracking_credentials_travel_with_the_trial_context(monkeypatch, tmp_pat
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
     context = TrialContext.from_driver(study=None, tracking_uri="http://tracking:5000", experiment_id="1",
                                        parent_run_id="p", aaclip_home=tmp_path)
-    # the credentials, and the MLflow client settings of study/mlflow_env.py (no telemetry, bounded requests)
+    # the credentials, and the MLflow client settings of aaclip/mlflow_env.py (no telemetry, bounded requests)
     assert context.env == {"MLFLOW_TRACKING_USERNAME": "ada", "MLFLOW_TRACKING_PASSWORD": "secret",
                            **client_settings()}
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from study.errors import StudyError
-from study.mlflow_env import CLIENT_SETTINGS
+from aaclip.mlflow_env import CLIENT_SETTINGS
 from study.server import require_api
 from tests.unit.test_study_cli import home, run_cli  # noqa: F401 - fixtures and helper reused
 

@@ -1,4 +1,6 @@
-"""MLflow client settings every study process runs with: no telemetry, bounded timeouts and retries.
+"""MLflow client settings every process that talks to MLflow runs with (a study's, and `aaclip train
+--tracking-uri`): no telemetry, bounded timeouts and retries. In aaclip (not study/) because aaclip logs too and
+never imports study.
 
 Why telemetry is off (the `_MLFLOW_TELEMETRY_SESSION_ID` KeyError, MLflow 3.17): `import mlflow` starts a
 telemetry client (mlflow/__init__.py -> telemetry.client.set_telemetry_client) that fetches its config from a
@@ -9,7 +11,8 @@ iterating `os.environ.items()`: a key removed between listing and reading raises
 request as failed. It hits the first requests after the import, i.e. a trial's `log_params`. MLflow's own switch
 `MLFLOW_DISABLE_TELEMETRY=true` (telemetry/utils.py: is_telemetry_disabled) stops the client from starting, so
 nothing touches os.environ behind our back. It must be set before mlflow is imported: `study/__init__.py`
-applies these settings, and the driver forwards them to Ray workers and to the embedded server.
+and aaclip's MLflow modules (tracking_run.py, mlflow_model.py) apply these settings, and the driver forwards them
+to Ray workers and to the embedded server.
 
 MLflow's defaults retry a failed request 7 times with backoff factor 2 and wait 120 s for an answer: about 4
 minutes per call, more for a server that never answers. Our own layer (study/spool.py) retries and spools, so
