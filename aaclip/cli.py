@@ -108,7 +108,7 @@ def profile(config: str = typer.Argument(..., help="Config file or shipped name"
             as_json: bool = typer.Option(False, "--json", help="Print JSON")):
     """Step time and peak memory per stage, and the largest batch within --memory: sizes resources.gpu."""
     from aaclip.profile import as_dict, gpu_fraction, profile_config
-    from aaclip.session import resolve_device
+    from aaclip.factory import resolve_device
 
     if memory is not None and memory <= 0:
         raise AaclipError(f"--memory: {memory} is not a positive number of GB")

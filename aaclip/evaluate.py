@@ -19,6 +19,7 @@ from aaclip.data.records import Record, class_names
 from aaclip.data.transforms import CLIP_MEAN, CLIP_STD
 from aaclip.model import AdaptedCLIP
 from aaclip.notices import notice
+from aaclip.prompt_tokens import PromptTokenizer
 from aaclip.streamed_metrics import StreamedMetrics
 
 GALLERY_IMAGES = 6
@@ -86,7 +87,8 @@ class GalleryPicker:
 
 
 @torch.no_grad()
-def evaluate_records(model: AdaptedCLIP, records: list[Record], config: TrainConfig, device: torch.device, *,
+def evaluate_records(model: AdaptedCLIP, tokenize: PromptTokenizer, records: list[Record], config: TrainConfig,
+                     device: torch.device, *,
                      prefix: str = "val", prompt_names: dict[str, str] | None = None, gallery: Path | None = None,
                      autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
     """`{prefix}/<metric>` means over classes and `{prefix}/<class>/<metric>`, ×100 as in the reference.
@@ -99,7 +101,7 @@ def evaluate_records(model: AdaptedCLIP, records: list[Record], config: TrainCon
     model.eval()
     chosen = sorted(evaluation_subset(records, config.eval.max_images), key=lambda record: record.class_name)
     names = class_names(chosen)
-    tokens = model.tokenize(names, prompt_names).to(device)
+    tokens = tokenize(names, prompt_names).to(device)
     anchors = model.class_anchors(tokens)  # no text cross-attention at test time (§7.6)
     use_context = config.cross_attention.enabled and config.cross_attention.at_inference
     contexts = model.text_context(tokens) if use_context else None

@@ -11,60 +11,30 @@ import torch
 from torch.utils.data import DataLoader
 
 from aaclip.architecture import check_config_fits
-from aaclip.backbone import load_clip
 from aaclip.config import TrainConfig
 from aaclip.data.checks import load_checked_records
 from aaclip.data.dataset import AnomalyDataset
 from aaclip.data.records import Record, class_names
-from aaclip.errors import ConfigError
 from aaclip.evaluate import evaluate_records
+from aaclip.factory import build_model, resolve_device
 from aaclip.features import FeatureCache, cache_key, cached_targets
 from aaclip.home import aaclip_home
 from aaclip.model import AdaptedCLIP
+from aaclip.prompt_tokens import PromptTokenizer
 from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan
 from aaclip.seeds import loader_seed
 
 log = logging.getLogger(__name__)
-BACKBONE_INIT_SEED = 0  # a random-init backbone is the same "frozen CLIP" in every trial, whatever config.seed
-
-
-def resolve_device(name: str) -> torch.device:
-    """model.device as a torch device; a CUDA device this machine does not have is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"model.device: {name} requested, but torch sees no CUDA device on this machine; "
-                              "set model.device: auto or cpu")
-        if (device.index or 0) >= count:
-            raise ConfigError(f"model.device: {name} requested, but this machine has {count} CUDA device(s) "
-                              f"(cuda:0 to cuda:{count - 1})")
-    return device
-
-
-def build_model(config: TrainConfig, device: torch.device) -> AdaptedCLIP:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(BACKBONE_INIT_SEED)
-        clip = load_clip(config.model)
-    torch.manual_seed(config.seed)  # adapter and cross-attention init follow the trial's seed
-    model = AdaptedCLIP(clip, config).to(device)
-    if device.type == "cuda":
-        model.clip.visual.conv1.to(memory_format=torch.channels_last)  # see aaclip.backbone.vision_embed
-    return model
-
-
 class Session:
-    def __init__(self, config: TrainConfig, model: AdaptedCLIP, device: torch.device,
+    def __init__(self, config: TrainConfig, model: AdaptedCLIP, tokenize: PromptTokenizer, device: torch.device,
                  splits: dict[str, list[Record]]):
-        self.config, self.model, self.device = config, model, device
+        self.config, self.model, self.tokenize, self.device = config, model, tokenize, device
         self.splits = splits  # train, val and (when configured) test; val and test checked disjoint
         self.train_records, self.val_records = splits["train"], splits["val"]
         self.train_classes = class_names(self.train_records)
         self.class_to_index = {name: index for index, name in enumerate(self.train_classes)}
         prompt_names = config.data.train.prompt_names
-        self.train_tokens = model.tokenize(self.train_classes, prompt_names).to(device)
+        self.train_tokens = tokenize(self.train_classes, prompt_names).to(device)
         size, seed = config.model.image_size, config.data.seed
         augment = config.data.augment
         self.datasets = {TEXT: AnomalyDataset(self.train_records, size, "stage1" if augment else "none", seed),
@@ -147,8 +117,9 @@ class Session:
 
     def evaluate(self, loop: int, gallery: Path | None = None, split: str = "val") -> dict[str, float]:
         spec = self.config.data.val if split == "val" else self.config.data.test
-        return evaluate_records(self.model, self.splits[split], self.config, self.device, prefix=split,
-                                prompt_names=spec.prompt_names, gallery=gallery, autocast=self.autocast)
+        return evaluate_records(self.model, self.tokenize, self.splits[split], self.config, self.device,
+                                prefix=split, prompt_names=spec.prompt_names, gallery=gallery,
+                                autocast=self.autocast)
 
 
 def build_session(config: TrainConfig) -> Session:
@@ -158,5 +129,6 @@ def build_session(config: TrainConfig) -> Session:
     splits = load_checked_records(config)
     device = resolve_device(config.model.device)
     model = build_model(config, device)
-    model.tokenize(class_names(splits["val"]), config.data.val.prompt_names)  # every val class has prompts
-    return Session(config, model, device, splits)
+    tokenize = PromptTokenizer(config.model.name)
+    tokenize(class_names(splits["val"]), config.data.val.prompt_names)  # every val class has prompts
+    return Session(config, model, tokenize, device, splits)
