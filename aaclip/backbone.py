@@ -187,7 +187,7 @@ def vision_embed(clip: CLIP, images: torch.Tensor) -> torch.Tensor:
     """conv1 -> tokens -> CLS -> positional -> ln_pre, batch-first [B, 1 + grid^2, width].
 
     On a GPU the patch convolution runs channels-last (cuDNN's fast layout; the weight is converted once in
-    aaclip.session); on a CPU the default layout is as fast and the conversion would be a copy.
+    aaclip.factory); on a CPU the default layout is as fast and the conversion would be a copy.
     """
     if images.is_cuda:
         images = images.contiguous(memory_format=torch.channels_last)

@@ -33,9 +33,8 @@ def test_each_stage_changes_exactly_its_parameters(tiny_config: TrainConfig, sta
                                             "cross_attention.image_scale.learnable": True})
     session = build_session(config)
     plan = StagePlan(loop=1, stage=stage, epochs=1)
-    session.prepare_stage(plan)
     before = snapshot(session.model)
-    run_epoch(session, plan, make_optimizer(session, plan), Position(), 0, session.steps_per_epoch(stage))
+    run_epoch(session, plan, make_optimizer(session, plan), Position(), 0, session.data.steps_per_epoch(stage))
     after = session.model.state_dict()
     changed = {key.split(".")[0] for key in before if not torch.equal(before[key], after[key])}
     assert changed == set(trained)
@@ -97,7 +96,7 @@ def test_fit_reports_the_documented_metrics(tiny_config: TrainConfig, tmp_path: 
 
 def test_feature_cache_matches_fresh_computation(tiny_config: TrainConfig, tmp_path: Path) -> None:
     session = build_session(tiny_config)
-    dataset = session.datasets[TEXT]
+    dataset = session.data.datasets[TEXT]
     items = [dataset[i] for i in range(4)]
     images = torch.stack([item["image"] for item in items])
     keys = [dataset.draw_key(i) for i in range(4)]
