@@ -334,10 +334,6 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    return apply_overrides({}, flat)
-
-
 def resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative paths (dataset roots, base adapters, weights files) made absolute against `base`.
 
