@@ -131,6 +131,7 @@ def evaluate_records(model: AdaptedCLIP, tokenize: PromptTokenizer, records: lis
 
 def save_gallery(path: Path, rows: list[GalleryRow]) -> None:
     """Input, mask, map for the first anomalous image of each class (up to six rows)."""
+    # Lazy: matplotlib (~1 s to import) only where a gallery is drawn, and its backend must be set before pyplot.
     import matplotlib
 
     matplotlib.use("Agg")
