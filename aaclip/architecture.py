@@ -4,7 +4,7 @@ open_clip keeps architectures as data (one JSON file per model); so does this pr
 Reading those files answers "do these adapter levels, heads and image size fit the backbone?" in milliseconds,
 so `aaclip train` and a study's launch refuse a config that cannot fit before the 10-20 s import of the stack
 and before anything is written. The built model checks the same rules again from its real modules
-(`aaclip.model.check_fits_backbone`), which also covers architectures not found here (hub models).
+(`aaclip.factory.check_fits_backbone`), which also covers architectures not found here (hub models).
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+from huggingface_hub import try_to_load_from_cache  # open_clip's own dependency, already imported by it
 from open_clip.factory import load_state_dict
 from open_clip.model import CLIP
 from open_clip.model import resize_pos_embed
@@ -122,8 +123,6 @@ def _cached_tag_weights(tag_config: dict) -> Path | None:
     hub = tag_config.get("hf_hub", "")
     if not hub:
         return None
-    from huggingface_hub import try_to_load_from_cache
-
     repo_id, filename = hub.rstrip("/").rsplit("/", 1) if not hub.endswith("/") else (hub.rstrip("/"), "")
     candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
     for candidate in candidates:
@@ -187,7 +186,7 @@ def vision_embed(clip: CLIP, images: torch.Tensor) -> torch.Tensor:
     """conv1 -> tokens -> CLS -> positional -> ln_pre, batch-first [B, 1 + grid^2, width].
 
     On a GPU the patch convolution runs channels-last (cuDNN's fast layout; the weight is converted once in
-    aaclip.session); on a CPU the default layout is as fast and the conversion would be a copy.
+    aaclip.factory); on a CPU the default layout is as fast and the conversion would be a copy.
     """
     if images.is_cuda:
         images = images.contiguous(memory_format=torch.channels_last)

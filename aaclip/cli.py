@@ -15,6 +15,11 @@ import typer
 from aaclip.command_line import invoke
 from aaclip.errors import AaclipError
 from aaclip.notices import show_as_one_line
+from aaclip.outputs import creatable_folder_problem, write_text_atomically
+
+# The commands import the rest of the project inside their bodies, on purpose: the config schema (pydantic, yaml)
+# and the data code (numpy, PIL) take ~1 s to import and torch with open_clip 5-15 s, which neither `aaclip --help`
+# nor a mistake on the command line should wait for. Each such import says which of these it defers.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="AA-CLIP with cross-attention feedback training on open_clip.")
@@ -28,7 +33,7 @@ SetOption = typer.Option(None, "--set", help="Override a config key, e.g. --set 
 
 def _config(config: str, overrides: Optional[list[str]]):
     """The validated config, checked against the backbone's architecture JSON (no torch import yet)."""
-    from aaclip.architecture import check_config_fits
+    from aaclip.architecture import check_config_fits  # lazy: pydantic and yaml (see the top)
     from aaclip.config import load_config, parse_override, resolve_config_path
 
     settings = load_config(config, dict(parse_override(item) for item in overrides or []))
@@ -62,13 +67,12 @@ def train(config: str = typer.Argument(..., help="Config file or shipped name (t
           experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment (default: the "
                                                    "exported trial's, else aaclip-retrain)")):
     """Train a configuration through the whole feedback schedule."""
-    from aaclip.preflight import check_train_start
+    from aaclip.preflight import check_train_start  # lazy: numpy and PIL (see the top)
 
     settings = _config(config, overrides)
     check_train_start(settings, out, resume, test)  # before torch is imported and before --out is touched
     run = _tracked_run(tracking_uri, register, experiment, settings, config)
-    from aaclip.outputs import write_text_atomically
-    from aaclip.threads import available_cpus, configure_threads
+    from aaclip.threads import available_cpus, configure_threads  # lazy: torch and open_clip (see the top)
     from aaclip.train import fit
 
     configure_threads(available_cpus(), settings.data.workers)
@@ -107,7 +111,7 @@ def _tracked_run(tracking_uri: Optional[str], register: Optional[str], experimen
 
 
 def _evaluate(settings, checkpoint: Path, split: str) -> dict:
-    from aaclip.checkpoint import load_trained
+    from aaclip.checkpoint import load_trained  # lazy: torch and open_clip (see the top)
     from aaclip.session import build_session
 
     if split == "test" and settings.data.test is None:
@@ -142,8 +146,8 @@ def profile(config: str = typer.Argument(..., help="Config file or shipped name"
             repeats: int = typer.Option(3, "--repeats", min=1, help="Timed steps per stage (after one warm-up)"),
             as_json: bool = typer.Option(False, "--json", help="Print JSON")):
     """Step time and peak memory per stage, and the largest batch within --memory: sizes resources.gpu."""
+    from aaclip.factory import resolve_device  # lazy: torch and open_clip (see the top)
     from aaclip.profile import as_dict, gpu_fraction, profile_config
-    from aaclip.session import resolve_device
 
     if memory is not None and memory <= 0:
         raise AaclipError(f"--memory: {memory} is not a positive number of GB")
@@ -175,7 +179,7 @@ def diagnose_gradients(config: str = typer.Argument(..., help="Config file or sh
     """Image-adapter gradient norm with vs without image cross-attention (same seed, batch, weights)."""
     if context_norm is not None and not context_norm > 0:
         raise AaclipError(f"--context-norm: {context_norm} must be a positive per-token norm (e.g. 17)")
-    from aaclip import diagnostics
+    from aaclip import diagnostics  # lazy: torch and open_clip (see the top)
 
     settings = _config(config, overrides)
     reports = diagnostics.compare_variants(settings, context_norm) if compare else \
@@ -194,8 +198,7 @@ def data_synth(out: Path = typer.Argument(..., help="Folder to write the dataset
                layout: str = typer.Option("mvtec", "--layout", help="mvtec or visa"),
                images: int = typer.Option(10, "--images", help="Normal and anomalous images per class")):
     """Write a synthetic dataset in the real MVTec AD (or VisA) on-disk layout."""
-    from aaclip.data.synthetic import generate_synthetic
-    from aaclip.outputs import creatable_folder_problem
+    from aaclip.data.synthetic import generate_synthetic  # lazy: numpy and PIL (see the top)
 
     if layout not in ("mvtec", "visa"):
         raise AaclipError(f"--layout: {layout!r} is not mvtec or visa")

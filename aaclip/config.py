@@ -349,9 +349,6 @@ def mlflow_params(config: TrainConfig) -> dict[str, str]:
     return {key: param_text(value) for key, value in flatten(config.to_dict()).items()}
 
 
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    return apply_overrides({}, flat)
-
 
 def resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative paths (dataset roots, base adapters, weights files) made absolute against `base`.

@@ -12,12 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aaclip.config import ScaleConfig
-
 
 class CrossAttention(nn.Module):
     def __init__(self, query_dim: int, context_dim: int, inner_dim: int, heads: int, dropout: float,
-                 scale: ScaleConfig, norm_match: bool, normalize_context: bool):
+                 scale: float, learnable_scale: bool, norm_match: bool, normalize_context: bool):
         super().__init__()
         self.heads = heads
         self.dropout = dropout
@@ -30,8 +28,8 @@ class CrossAttention(nn.Module):
         for linear in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
-        initial = torch.tensor(float(scale.init))
-        if scale.learnable:
+        initial = torch.tensor(float(scale))
+        if learnable_scale:
             self.scale = nn.Parameter(initial)
         else:
             self.register_buffer("scale", initial)

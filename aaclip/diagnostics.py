@@ -10,13 +10,13 @@ chosen per-token norm so the regime of pretrained weights can be reproduced on a
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
+from dataclasses import asdict, dataclass, replace
 
 from aaclip.config import TrainConfig, apply_overrides, validate_config
 from aaclip.schedule import IMAGE, StagePlan
 from aaclip.session import build_session
-from aaclip.train import apply_init, group_norms, image_loss
+from aaclip.stages import image_stage_inputs, image_stage_loss
+from aaclip.train import apply_init, group_norms
 
 OK_THRESHOLD = 0.8
 # The three states of the extension's history (reference §7.3, §9), as config overrides.
@@ -46,22 +46,23 @@ def image_adapter_gradients(config: TrainConfig, variant: str = "config",
     session = build_session(config)
     apply_init(session)
     plan = StagePlan(loop=1, stage=IMAGE, epochs=1)
-    session.prepare_stage(plan)
-    context = session.stage2_text_context
+    inputs = image_stage_inputs(session.model, session.train_tokens, with_text_context=True)
+    context = inputs.text_context
     if context_norm is not None:
-        session.stage2_text_context = context / context.norm(dim=-1, keepdim=True) * context_norm
-    batch = next(iter(session.loader(plan, 0)))
+        context = context / context.norm(dim=-1, keepdim=True) * context_norm
+    batch = next(iter(session.data.loader(plan, 0)))
     session.model.train()
     norms = {}
     for use_cross_attention in (False, True):
         session.model.zero_grad(set_to_none=True)
-        image_loss(session, batch, use_cross_attention).backward()
+        stage_inputs = replace(inputs, text_context=context if use_cross_attention else None)
+        image_stage_loss(session.model, batch, stage_inputs, session.stage_settings).backward()
         norms[use_cross_attention] = group_norms({k: session.groups[k]
                                                   for k in ("image_adapter", "image_cross_attn")})
     without, with_ = norms[False]["image_adapter"], norms[True]["image_adapter"]
     ratio = with_ / without if without > 0 else float("nan")
     verdict = "OK" if ratio > OK_THRESHOLD else "CAUTION"
-    context_token_norm = session.stage2_text_context.norm(dim=-1).mean().item()
+    context_token_norm = context.norm(dim=-1).mean().item()
     return GradientReport(variant, without, with_, ratio, verdict, norms[True]["image_cross_attn"],
                           context_token_norm)
 

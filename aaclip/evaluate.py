@@ -19,6 +19,7 @@ from aaclip.data.records import Record, class_names
 from aaclip.data.transforms import CLIP_MEAN, CLIP_STD
 from aaclip.model import AdaptedCLIP
 from aaclip.notices import notice
+from aaclip.prompt_tokens import PromptTokenizer
 from aaclip.streamed_metrics import StreamedMetrics
 
 GALLERY_IMAGES = 6
@@ -46,11 +47,12 @@ def batch_predictions(model: AdaptedCLIP, pixels: torch.Tensor, anchors: torch.T
 
 
 @torch.no_grad()
-def class_text(model: AdaptedCLIP, names: list[str], config: TrainConfig, device: torch.device,
-               prompt_names: dict[str, str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def class_text(model: AdaptedCLIP, tokenize: PromptTokenizer, names: list[str], config: TrainConfig,
+               device: torch.device, prompt_names: dict[str, str] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per class: the anchors [C,E,2], made without text cross-attention at test time (§7.6), and the text
     contexts [C,P*T,width] when image cross-attention runs at inference (else None)."""
-    tokens = model.tokenize(names, prompt_names).to(device)
+    tokens = tokenize(names, prompt_names).to(device)
     use_context = config.cross_attention.enabled and config.cross_attention.at_inference
     return model.class_anchors(tokens), (model.text_context(tokens) if use_context else None)
 
@@ -96,7 +98,8 @@ class GalleryPicker:
 
 
 @torch.no_grad()
-def evaluate_records(model: AdaptedCLIP, records: list[Record], config: TrainConfig, device: torch.device, *,
+def evaluate_records(model: AdaptedCLIP, tokenize: PromptTokenizer, records: list[Record], config: TrainConfig,
+                     device: torch.device, *,
                      prefix: str = "val", prompt_names: dict[str, str] | None = None, gallery: Path | None = None,
                      autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
     """`{prefix}/<metric>` means over classes and `{prefix}/<class>/<metric>`, ×100 as in the reference.
@@ -109,7 +112,7 @@ def evaluate_records(model: AdaptedCLIP, records: list[Record], config: TrainCon
     model.eval()
     chosen = sorted(evaluation_subset(records, config.eval.max_images), key=lambda record: record.class_name)
     names = class_names(chosen)
-    anchors, contexts = class_text(model, names, config, device, prompt_names)
+    anchors, contexts = class_text(model, tokenize, names, config, device, prompt_names)
     index_of = {name: index for index, name in enumerate(names)}
     low, high = losses.anomaly_map_bounds(len(config.adapters.levels))
     stream = StreamedMetrics(low, high, mix=config.eval.image_score_mix, aupro=config.eval.aupro)
@@ -136,6 +139,7 @@ def evaluate_records(model: AdaptedCLIP, records: list[Record], config: TrainCon
 
 def save_gallery(path: Path, rows: list[GalleryRow]) -> None:
     """Input, mask, map for the first anomalous image of each class (up to six rows)."""
+    # Lazy: matplotlib (~1 s to import) only where a gallery is drawn, and its backend must be set before pyplot.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -20,9 +21,24 @@ from aaclip.config import TrainConfig
 from aaclip.data.records import Record
 from aaclip.data.transforms import CLIP_MEAN, CLIP_STD
 from aaclip.errors import DataError
+from aaclip.home import aaclip_home
 
+log = logging.getLogger(__name__)
 
 PREPROCESSING_VERSION = 1  # bump when aaclip.data.transforms changes what an image file becomes as a tensor
+
+
+def feature_cache(config: TrainConfig, vision_tower: nn.Module, records: list[Record],
+                  precision: str) -> FeatureCache | None:
+    """The run's cache of loop-1 Stage-1 targets, or None when the config turns it off or nothing can be cached."""
+    if not config.cache.features:
+        return None
+    if config.stage1.surgery_axis == "batch":
+        # Batch-axis surgery features depend on which images share a batch: nothing per image to cache.
+        log.info("feature cache off: stage1.surgery_axis=batch makes features batch-dependent")
+        return None
+    root = Path(config.cache.dir) if config.cache.dir else aaclip_home() / "cache" / "features"
+    return FeatureCache(root, cache_key(config, vision_tower, records, precision))
 
 
 def cache_key(config: TrainConfig, vision_tower: nn.Module, records: list[Record], precision: str) -> str:

@@ -15,6 +15,7 @@ Both `aaclip-study export --register` (a trial's best adapters, under the trial'
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
@@ -40,7 +41,8 @@ from aaclip.checkpoint import load_trainable, read_safetensors, write_safetensor
 from aaclip.config import TrainConfig, load_config  # noqa: E402
 from aaclip.evaluate import batch_predictions, class_text  # noqa: E402
 from aaclip.model import AdaptedCLIP  # noqa: E402
-from aaclip.session import build_model, resolve_device  # noqa: E402
+from aaclip.factory import build_model, resolve_device  # noqa: E402
+from aaclip.prompt_tokens import PromptTokenizer  # noqa: E402
 
 ADAPTERS, CONFIG = "adapters", "config"  # the model's artifact keys
 MODEL_NAME = "aaclip"  # the logged model's name within its run
@@ -95,11 +97,16 @@ def predict_anomalies(model: AdaptedCLIP, config: TrainConfig, images: np.ndarra
                       class_name: str) -> dict[str, np.ndarray]:
     device = next(model.parameters()).device
     pixels = torch.as_tensor(images, dtype=torch.float32, device=device)
-    anchors, contexts = class_text(model, [class_name], config, device)
+    anchors, contexts = class_text(model, tokenizer(config.model.name), [class_name], config, device)
     rows = torch.zeros(len(pixels), dtype=torch.long, device=device)
     context = None if contexts is None else contexts[rows]
     maps, scores = batch_predictions(model, pixels, anchors[rows], config, context, contextlib.nullcontext)
     return {"anomaly_map": maps.numpy(), "image_score": scores.numpy()}
+
+
+@functools.lru_cache(maxsize=4)
+def tokenizer(model_name: str) -> PromptTokenizer:
+    return PromptTokenizer(model_name)  # read once per backbone, not on every predict call
 
 
 def signature(config: TrainConfig) -> ModelSignature:

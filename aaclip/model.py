@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
@@ -15,10 +14,9 @@ from torch import nn
 
 from aaclip import prompts
 from aaclip.adapters import Adapter, norm_matched_residual
-from aaclip.architecture import ArchitectureShape, check_fits
 from aaclip.attention import block_forward, is_causal_mask
-from aaclip.backbone import BackboneInfo, check_batch_first, describe, text_embed, vision_embed
-from aaclip.config import TrainConfig
+from aaclip.backbone import check_batch_first, describe, text_embed, vision_embed
+from aaclip.config import AdapterConfig, CrossAttentionConfig
 from aaclip.cross_attention import CrossAttention
 
 NORMAL_PROMPTS = len(prompts.NORMAL_STATES) * len(prompts.TEMPLATES)
@@ -30,10 +28,12 @@ class ImageFeatures:
     det_token: torch.Tensor  # [B, E], mean of unit vectors (norm <= 1, reference §4.2)
 
 
-def check_fits_backbone(config: TrainConfig, info: BackboneInfo) -> None:
-    """The config against the built backbone (covers hub architectures that have no local JSON too)."""
-    check_fits(config, ArchitectureShape(vision_layers=info.vision_layers, vision_width=info.vision_width,
-                                         text_layers=info.text_layers, text_width=info.text_width, patch_size=None))
+@dataclass(frozen=True)
+class Surgery:
+    """The V-V "surgery" tower of the loop-1 Stage-1 targets (reference §4.3): V-V attention in
+    blocks[from_block:], over `axis` ("tokens" or "batch", aaclip.attention.value_value_attention)."""
+    from_block: int
+    axis: str
 
 
 def compiled_block_forward():
@@ -43,37 +43,40 @@ def compiled_block_forward():
 
 
 class AdaptedCLIP(nn.Module):
-    def __init__(self, clip: CLIP, config: TrainConfig):
+    """Takes the architecture's own settings, as open_clip's CLIP takes its tower configs: whether they fit the
+    backbone is the factory's check (aaclip.factory), which names the config keys."""
+
+    def __init__(self, clip: CLIP, adapters: AdapterConfig, cross_attention: CrossAttentionConfig,
+                 surgery: Surgery, compile_blocks: bool = False):
         super().__init__()
         check_batch_first(clip)
         self.info = info = describe(clip)
-        check_fits_backbone(config, info)
         self.clip = clip
-        self.adapters_config = config.adapters
-        self.surgery_from_block = config.stage1.surgery_from_block
-        self.surgery_axis = config.stage1.surgery_axis
-        self.tokenizer = open_clip.get_tokenizer(config.model.name)
+        self.adapters_config = adapters
+        self.surgery = surgery
         width_t, width_v, embed = info.text_width, info.vision_width, info.embed_dim
         self.text_adapter = nn.ModuleList(
-            [Adapter(width_t, width_t) for _ in range(config.adapters.text_until)] + [Adapter(width_t, embed)])
-        relu = config.adapters.proj_relu
+            [Adapter(width_t, width_t) for _ in range(adapters.text_until)] + [Adapter(width_t, embed)])
+        relu = adapters.proj_relu
         self.image_adapter = nn.ModuleDict({
-            "layer_adapters": nn.ModuleList(Adapter(width_v, width_v) for _ in range(config.adapters.image_until)),
-            "seg_proj": nn.ModuleList(Adapter(width_v, embed, relu) for _ in config.adapters.levels),
+            "layer_adapters": nn.ModuleList(Adapter(width_v, width_v) for _ in range(adapters.image_until)),
+            "seg_proj": nn.ModuleList(Adapter(width_v, embed, relu) for _ in adapters.levels),
             "det_proj": Adapter(width_v, embed, relu),
         })
-        cross = config.cross_attention
+        cross = cross_attention
         shared = dict(heads=cross.heads, dropout=cross.dropout, norm_match=cross.norm_match, inner_dim=width_t)
         # Stage-1 image context is unit patch features + unit CLS (reference §7.4), not normalised further.
-        self.text_cross_attn = CrossAttention(width_t, embed, scale=cross.text_scale, normalize_context=False,
+        self.text_cross_attn = CrossAttention(width_t, embed, scale=cross.text_scale.init,
+                                              learnable_scale=cross.text_scale.learnable, normalize_context=False,
                                               **shared)
-        self.image_cross_attn = CrossAttention(width_v, width_t, scale=cross.image_scale,
+        self.image_cross_attn = CrossAttention(width_v, width_t, scale=cross.image_scale.init,
+                                               learnable_scale=cross.image_scale.learnable,
                                                normalize_context=cross.normalize_context, **shared)
         # Frozen blocks run batch-first over open_clip's weights (aaclip.attention); `stock_blocks` switches to
         # open_clip's own block(x) path, which the equivalence tests and the step benchmark compare against.
         self.stock_blocks = False
         self.text_causal = is_causal_mask(clip.attn_mask)  # decided once: checking per call would sync a GPU
-        self._block_forward = compiled_block_forward() if config.model.compile else block_forward
+        self._block_forward = compiled_block_forward() if compile_blocks else block_forward
 
     def run_block(self, block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                   value_value: str | None = None) -> torch.Tensor:
@@ -100,14 +103,6 @@ class AdaptedCLIP(nn.Module):
 
     # ---------------------------------------------------------------------------------------------------------
     # Text
-
-    def tokenize(self, class_names: list[str], prompt_names: dict[str, str] | None = None) -> torch.Tensor:
-        """[C, P, T] prompt tokens, normal sentences first (reference §3.1)."""
-        per_class = []
-        for name in class_names:
-            normal, abnormal = prompts.sentences(name, prompt_names)
-            per_class.append(self.tokenizer(normal + abnormal))
-        return torch.stack(per_class)
 
     def encode_text(self, tokens: torch.Tensor, image_context: torch.Tensor | None = None) -> torch.Tensor:
         """Adapted text forward -> [C*P, E] (not normalised). tokens [C, P, T]; image_context [C, L, E] or None.
@@ -186,7 +181,7 @@ class AdaptedCLIP(nn.Module):
         x = vision_embed(self.clip, images)
         taps = []
         for index, block in enumerate(self.clip.visual.transformer.resblocks[: levels[-1]]):
-            axis = self.surgery_axis if index >= self.surgery_from_block else None
+            axis = self.surgery.axis if index >= self.surgery.from_block else None
             x = self.run_block(block, x, value_value=axis)
             if index + 1 in levels:
                 taps.append(F.normalize(self.clip.visual.ln_post(x[:, 1:]) @ self.clip.visual.proj, dim=-1))

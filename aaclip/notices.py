@@ -7,6 +7,7 @@ the run (warnings.json beside metrics.json; a study trial also tags its MLflow r
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,8 +59,6 @@ def recorded() -> list[str]:
 
 def show_as_one_line(message, category, filename, lineno, file=None, line=None) -> None:
     """warnings.showwarning for the CLIs: `warning: <message>` for ours, the usual format for the rest."""
-    import sys
-
     if issubclass(category, AaclipWarning):
         print(f"warning: {message}", file=file or sys.stderr)
     else:

@@ -21,7 +21,8 @@ import torch
 from aaclip.config import TrainConfig
 from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan
 from aaclip.session import Session, build_session
-from aaclip.train import STAGE_LOSSES, make_optimizer
+from aaclip.stages import STAGE_LOSSES
+from aaclip.train import make_optimizer
 
 
 @dataclass
@@ -41,13 +42,14 @@ def stage_plan(stage: Stage) -> StagePlan:
 
 def stage_batch(session: Session, stage: Stage, size: int) -> dict:
     """A real batch of `size` items of the stage's training data (items repeat when the data has fewer)."""
-    dataset = session.datasets[stage]
+    dataset = session.data.datasets[stage]
     items = [dataset[index % len(dataset)] for index in range(size)]
-    return session.collate(items)
+    return session.data.collate(items)
 
 
 def train_step(session: Session, stage: Stage, batch: dict, optimizer: torch.optim.Optimizer) -> float:
-    loss = STAGE_LOSSES[stage](session, batch, 1)
+    inputs = session.stage_inputs(stage_plan(stage))
+    loss = STAGE_LOSSES[stage](session.model, batch, inputs, session.stage_settings)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -61,7 +63,6 @@ def synchronize(device: torch.device) -> None:
 
 def time_steps(session: Session, stage: Stage, batch: dict, repeats: int, warmup: int = 1) -> list[float]:
     """Seconds per step, after `warmup` steps (which also fill the feature cache of Stage 1)."""
-    session.prepare_stage(stage_plan(stage))
     session.model.train()
     optimizer = make_optimizer(session, stage_plan(stage))
     times = []
@@ -154,7 +155,7 @@ def largest_batch(base_bytes: float, per_image: float, limit_bytes: float) -> in
 
 
 def profile_stage(session: Session, stage: Stage, repeats: int, limit_bytes: float | None) -> StageProfile:
-    size = session.batch_size(stage)
+    size = session.data.batch_size(stage)
     small, large = max(1, size // 2), max(2, size)
     peak_small, _ = step_peak(session, stage, small)
     peak_large, kind = step_peak(session, stage, large)

@@ -1,6 +1,6 @@
 """Feedback training: Stage 1 (text) -> Stage 2 (image), repeated `feedback.loops` times (reference §6, §8).
 
-One epoch loop (`run_epoch`) serves both stages; a stage is a loss function over a batch plus the parameter
+One epoch loop (`run_epoch`) serves both stages; a stage is a loss function (aaclip.stages) plus the parameter
 groups it trains. `fit` walks the feedback plan, evaluates, checkpoints after every epoch and calls back with
 a flat metrics dict (DESIGN §4 names) and the checkpoint directory.
 """
@@ -16,7 +16,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from aaclip import losses
 from aaclip.checkpoint import load_into, load_state, load_trained, read_base_adapters, save_checkpoint
 from aaclip.config import TrainConfig
 from aaclip.data.splits import split_summary
@@ -24,6 +23,7 @@ from aaclip.notices import in_own_scope, recorded
 from aaclip.outputs import write_text_atomically
 from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan, feedback_plan, loop_lr, lr_factor
 from aaclip.session import Session, build_session
+from aaclip.stages import STAGE_LOSSES
 
 EpochCallback = Callable[[dict[str, float], Path], None]
 STAGE_GROUPS = {TEXT: ("text_adapter", "text_cross_attn"), IMAGE: ("image_adapter", "image_cross_attn")}
@@ -54,60 +54,6 @@ class Position:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Stage losses
-
-
-def cross_attention_active(config: TrainConfig, loop: int) -> bool:
-    return config.cross_attention.enabled and loop >= config.cross_attention.start_loop
-
-
-def text_stage_loss(session: Session, batch: dict, loop: int) -> torch.Tensor:
-    """Stage 1: anchors (with grad, per class in the batch) against frozen or adapted patch targets (§5.3)."""
-    model, config = session.model, session.config
-    targets = session.stage1_targets(batch, loop)  # [B, K, L, E]
-    class_index = batch["class_index"].to(session.device)
-    present, inverse = torch.unique(class_index, return_inverse=True)
-    context = None
-    if cross_attention_active(config, loop):
-        # Per-class mean of the level-0 features: each class's prompts see images of that class (not the whole
-        # mixed batch as in the reference, §13.11).
-        level0 = targets[:, 0]
-        context = torch.stack([level0[class_index == c].mean(dim=0) for c in present])
-    with session.autocast():  # bf16 forward on a GPU; anchors and losses in fp32, weights stay fp32
-        anchors = model.class_anchors(session.train_tokens[present], context)[inverse].float()  # [B, E, 2]
-    masks = batch["mask"].to(session.device)
-    levels = range(targets.shape[1]) if config.stage1.loss_levels == "all" else [targets.shape[1] - 1]
-    size = config.model.image_size
-    segmentation = sum(losses.segmentation_loss(
-        losses.training_probabilities(losses.similarity_logits(targets[:, k], anchors), size), masks)
-        for k in levels)
-    return segmentation + config.stage1.ortho_weight * losses.orthogonality_loss(anchors)
-
-
-def image_stage_loss(session: Session, batch: dict, loop: int) -> torch.Tensor:
-    return image_loss(session, batch, cross_attention_active(session.config, loop))
-
-
-def image_loss(session: Session, batch: dict, use_cross_attention: bool) -> torch.Tensor:
-    """Stage 2: fixed anchors, adapted image tower (+ image cross-attention): CE + summed seg losses (§5.3)."""
-    class_index = batch["class_index"].to(session.device)
-    anchors = session.stage2_anchors[class_index]
-    context = session.stage2_text_context[class_index] if use_cross_attention else None
-    with session.autocast():
-        features = session.model.encode_image(batch["image"].to(session.device), context)
-    masks = batch["mask"].to(session.device)
-    size = session.config.model.image_size
-    segmentation = sum(losses.segmentation_loss(
-        losses.training_probabilities(losses.similarity_logits(tokens.float(), anchors), size), masks)
-        for tokens in features.seg_tokens)
-    labels = batch["label"].to(session.device)
-    return losses.classification_loss(features.det_token.float(), anchors, labels) + segmentation
-
-
-STAGE_LOSSES = {TEXT: text_stage_loss, IMAGE: image_stage_loss}
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # One epoch, either stage
 
 
@@ -125,7 +71,8 @@ def run_epoch(session: Session, plan: StagePlan, optimizer: torch.optim.Optimize
               stage_step: int, total_steps: int) -> dict[str, float]:
     """Train one epoch of `plan.stage`; returns the epoch's metrics (loss, mean gradient norms, lr, speed)."""
     config, model = session.config, session.model
-    loader = session.loader(plan, position.epochs_done_in_stage)
+    loader = session.data.loader(plan, position.epochs_done_in_stage)
+    inputs, stage_loss = session.stage_inputs(plan), STAGE_LOSSES[plan.stage]
     groups = {name: session.groups[name] for name in STAGE_GROUPS[plan.stage]}
     schedule = config.optim.text_schedule if plan.stage == TEXT else config.optim.schedule
     loss_sum, norm_sums, steps, images, nonfinite = 0.0, dict.fromkeys(groups, 0.0), 0, 0, 0
@@ -137,7 +84,7 @@ def run_epoch(session: Session, plan: StagePlan, optimizer: torch.optim.Optimize
         factor = lr_factor(stage_step, total_steps, len(loader), config.optim, schedule)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        loss = STAGE_LOSSES[plan.stage](session, batch, plan.loop)
+        loss = stage_loss(model, batch, inputs, session.stage_settings)
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             nonfinite += 1  # never step on a NaN: report it, and let the caller (or a study's guard) decide
@@ -207,8 +154,7 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
     while position.plan_index < len(plan):
         stage_plan = plan[position.plan_index]
         optimizer = stage_optimizer(session, stage_plan, optimizers, optimizer_states)
-        session.prepare_stage(stage_plan)
-        steps_per_epoch = session.steps_per_epoch(stage_plan.stage)
+        steps_per_epoch = session.data.steps_per_epoch(stage_plan.stage)
         metrics = run_epoch(session, stage_plan, optimizer, position,
                             position.epochs_done_in_stage * steps_per_epoch, steps_per_epoch * stage_plan.epochs)
         advance(position, stage_plan, steps_per_epoch)
@@ -222,7 +168,7 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
         if position.epochs_done_in_stage == stage_plan.epochs:
             position.plan_index, position.epochs_done_in_stage = position.plan_index + 1, 0
     # Which images each split held (sizes and fingerprints), beside the numbers measured on them.
-    final = (position.history[-1] if position.history else {}) | split_summary(session.splits)
+    final = (position.history[-1] if position.history else {}) | split_summary(session.data.splits)
     write_text_atomically(out_dir / "metrics.json", json.dumps(final, indent=2))
     if recorded():
         write_text_atomically(out_dir / "warnings.json", json.dumps(recorded(), indent=2))

@@ -25,7 +25,7 @@ GOAL = 3.0
 def timed_epoch(session) -> float:
     plan = stage_plan(TEXT)
     optimizer = make_optimizer(session, plan)
-    steps = session.steps_per_epoch(TEXT)
+    steps = session.data.steps_per_epoch(TEXT)
     started = time.perf_counter()
     run_epoch(session, plan, optimizer, Position(), 0, steps)
     return time.perf_counter() - started
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
             session.cache = FeatureCache(Path(folder) / f"cache-{round_index}", key)
             cold.append(timed_epoch(session))
             warm.append(timed_epoch(session))
-        steps = session.steps_per_epoch(TEXT)
+        steps = session.data.steps_per_epoch(TEXT)
     ratio = median(cold) / median(warm)
     figures = {"model": session.config.model.name, "threads": args.threads, "steps_per_epoch": steps,
                "cold_epoch_s": median(cold), "warm_epoch_s": median(warm), "ratio": ratio, "goal": GOAL}

@@ -50,14 +50,15 @@ def evaluate_once(root: Path, model: str) -> dict:
 
     from aaclip.data.loading import load_records
     from aaclip.evaluate import evaluate_records
-    from aaclip.session import build_model
+    from aaclip.factory import build_model
+    from aaclip.prompt_tokens import PromptTokenizer
 
     torch.set_num_threads(1)
     config = config_for(model, root)
     records = load_records(config.data.val)
     network = build_model(config, torch.device("cpu"))
     before, started = peak_rss_mb(), time.perf_counter()
-    results = evaluate_records(network, records, config, torch.device("cpu"))
+    results = evaluate_records(network, PromptTokenizer(config.model.name), records, config, torch.device("cpu"))
     return {"images": len(records), "peak_rss_mb": peak_rss_mb(), "evaluation_peak_mb": peak_rss_mb() - before,
             "seconds": time.perf_counter() - started, "pixel_auroc": results["val/pixel_auroc"]}
 

@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
     set_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         session = build_session(benchmark_config(Path(folder), args.smoke))
-        batch = stage_batch(session, IMAGE, session.batch_size(IMAGE))
+        batch = stage_batch(session, IMAGE, session.data.batch_size(IMAGE))
         step_s = median(time_steps(session, IMAGE, batch, repeats=1 if args.smoke else 3))
         flops, calls = step_flops_and_shapes(session, batch)
     peak = matmul_peak(calls, repeats=1 if args.smoke else 3)

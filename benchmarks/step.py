@@ -18,7 +18,7 @@ GOAL = 1.5
 
 
 def alternate_paths(session, stage: Stage, rounds: int) -> dict[str, list[float]]:
-    batch = stage_batch(session, stage, session.batch_size(stage))
+    batch = stage_batch(session, stage, session.data.batch_size(stage))
     times = {"ours": [], "stock": []}
     for round_index in range(rounds):
         for path in times:

@@ -16,9 +16,9 @@ from aaclip.session import build_session
 
 def exact_class_metrics(session, config: TrainConfig) -> dict[str, dict[str, float]]:
     """What evaluation computed before streaming: every map of a class in memory, sklearn on all pixels."""
-    records = session.val_records
+    records = session.data.val_records
     names = sorted({record.class_name for record in records})
-    anchors = session.model.class_anchors(session.model.tokenize(names, config.data.val.prompt_names))
+    anchors = session.model.class_anchors(session.tokenize(names, config.data.val.prompt_names))
     per_class = {}
     for index, name in enumerate(names):
         dataset = AnomalyDataset(records, config.model.image_size, "none")

@@ -24,9 +24,10 @@ def session_on(config: TrainConfig, train_root: Path, cache_dir: Path) -> Sessio
 def served_and_fresh(session: Session) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage-1 targets of one epoch through the cache, and the same computed by the frozen tower."""
     served, fresh = [], []
+    targets = session.stage_inputs(FIRST_LOOP_TEXT_STAGE).targets
     with torch.no_grad():
-        for batch in session.loader(FIRST_LOOP_TEXT_STAGE, 0):
-            served.append(session.stage1_targets(batch, loop=1))
+        for batch in session.data.loader(FIRST_LOOP_TEXT_STAGE, 0):
+            served.append(targets(session.model, batch, session.stage_settings))
             fresh.append(session.model.frozen_targets(batch["image"]))
     return torch.cat(served), torch.cat(fresh)
 
@@ -44,10 +45,10 @@ def test_warm_cache_serves_exactly_a_fresh_computation(tiny_config: TrainConfig,
     root = generate(tmp_path / "data", seed=0)
     cold = session_on(tiny_config, root, tmp_path / "cache")
     assert_served_equals_fresh(cold)
-    assert cold.cache.hits == 0 and cold.cache.misses == len(cold.train_records)
+    assert cold.cache.hits == 0 and cold.cache.misses == len(cold.data.train_records)
     warm = session_on(tiny_config, root, tmp_path / "cache")
     assert_served_equals_fresh(warm)
-    assert warm.cache.misses == 0 and warm.cache.hits == len(warm.train_records)
+    assert warm.cache.misses == 0 and warm.cache.hits == len(warm.data.train_records)
 
 
 def test_two_datasets_with_the_same_paths_never_share_an_entry(tiny_config: TrainConfig, tmp_path: Path) -> None:
@@ -72,7 +73,7 @@ def test_a_dataset_regenerated_in_place_is_not_served_stale(tiny_config: TrainCo
 
 def test_the_key_names_the_weights_not_their_name(tiny_config: TrainConfig, tmp_path: Path) -> None:
     session = build_session(tiny_config)
-    tower, records = session.model.clip.visual, session.train_records
+    tower, records = session.model.clip.visual, session.data.train_records
     before = cache_key(tiny_config, tower, records, "fp32")
     assert cache_key(tiny_config, tower, records, "fp32") == before  # stable within a run and across runs
     with torch.no_grad():

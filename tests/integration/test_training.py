@@ -15,6 +15,7 @@ from aaclip.errors import CheckpointError
 from aaclip.features import FeatureCache, cached_targets
 from aaclip.schedule import IMAGE, TEXT, StagePlan
 from aaclip.session import build_session
+from aaclip.stages import FrozenTargets, adapted_targets
 from aaclip.train import Position, apply_init, fit, make_optimizer, run_epoch
 
 
@@ -33,15 +34,29 @@ def test_each_stage_changes_exactly_its_parameters(tiny_config: TrainConfig, sta
                                             "cross_attention.image_scale.learnable": True})
     session = build_session(config)
     plan = StagePlan(loop=1, stage=stage, epochs=1)
-    session.prepare_stage(plan)
     before = snapshot(session.model)
-    run_epoch(session, plan, make_optimizer(session, plan), Position(), 0, session.steps_per_epoch(stage))
+    run_epoch(session, plan, make_optimizer(session, plan), Position(), 0, session.data.steps_per_epoch(stage))
     after = session.model.state_dict()
     changed = {key.split(".")[0] for key in before if not torch.equal(before[key], after[key])}
     assert changed == set(trained)
     parts = {key.split(".")[0] for key in before}
     for part in parts - set(trained):  # CLIP and the other stage's modules untouched, bit for bit
         assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(part + "."))
+
+
+def test_stage_inputs_follow_the_feedback_loop(tiny_config: TrainConfig) -> None:
+    session = build_session(with_overrides(tiny_config, **{"cross_attention.start_loop": 2}))
+    first, second = (session.stage_inputs(StagePlan(loop, TEXT, 1)) for loop in (1, 2))
+    assert isinstance(first.targets, FrozenTargets) and first.targets.cache is session.cache  # loop 1: frozen
+    assert second.targets is adapted_targets  # later loops: the feedback from the trained image adapters
+    assert not first.cross_attention and second.cross_attention
+    session.model.train()
+    image = session.stage_inputs(StagePlan(1, IMAGE, 1))
+    assert session.model.training  # preparing the inputs (in eval mode) leaves the model's mode as it was
+    assert image.text_context is None and session.stage_inputs(StagePlan(1, IMAGE, 2)) is image  # once a loop
+    later = session.stage_inputs(StagePlan(2, IMAGE, 1))
+    assert later.text_context.shape[0] == len(session.data.classes)
+    torch.testing.assert_close(later.anchors, image.anchors)  # nothing trained in between
 
 
 def comparable(history: list[dict]) -> list[dict]:
@@ -97,7 +112,7 @@ def test_fit_reports_the_documented_metrics(tiny_config: TrainConfig, tmp_path: 
 
 def test_feature_cache_matches_fresh_computation(tiny_config: TrainConfig, tmp_path: Path) -> None:
     session = build_session(tiny_config)
-    dataset = session.datasets[TEXT]
+    dataset = session.data.datasets[TEXT]
     items = [dataset[i] for i in range(4)]
     images = torch.stack([item["image"] for item in items])
     keys = [dataset.draw_key(i) for i in range(4)]

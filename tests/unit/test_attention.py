@@ -9,13 +9,16 @@ from open_clip.transformer import LayerScale
 from aaclip.attention import block_forward, supports_fast_path, value_value_attention
 from aaclip.backbone import load_clip, registered_architectures, text_embed, vision_embed
 from aaclip.config import load_config
+from aaclip.factory import adapted_clip
 from aaclip.model import AdaptedCLIP
+from aaclip.prompt_tokens import PromptTokenizer
 
 SETTINGS = {  # levels and adapter depths per registered backbone (they come from the backbone's depth)
     "aaclip-tiny": {"model.image_size": 64, "adapters.levels": [1, 2, 3, 4], "adapters.image_until": 2},
     "aaclip-small": {"model.image_size": 112, "adapters.levels": [2, 4, 6, 8], "adapters.image_until": 3,
                      "cross_attention.heads": 4},
 }
+tokenize = PromptTokenizer("aaclip-tiny")  # aaclip-small has the same vocabulary and context length
 
 
 def assert_fp32_close(actual: list[torch.Tensor] | tuple, expected: list[torch.Tensor] | tuple) -> None:
@@ -30,7 +33,7 @@ def assert_fp32_close(actual: list[torch.Tensor] | tuple, expected: list[torch.T
 def build(name: str, **overrides) -> AdaptedCLIP:
     config = load_config("tiny", {"model.name": name, **SETTINGS[name], **overrides})
     torch.manual_seed(0)
-    return AdaptedCLIP(load_clip(config.model), config)
+    return adapted_clip(load_clip(config.model), config)
 
 
 def tower_inputs(model: AdaptedCLIP, tower: str) -> tuple[torch.nn.ModuleList, torch.Tensor, torch.Tensor | None]:
@@ -38,7 +41,7 @@ def tower_inputs(model: AdaptedCLIP, tower: str) -> tuple[torch.nn.ModuleList, t
     if tower == "vision":
         size = model.info.grid * clip.visual.patch_size[0]
         return clip.visual.transformer.resblocks, vision_embed(clip, torch.randn(2, 3, size, size)), None
-    tokens = model.tokenize(["weave"])[0, :3]
+    tokens = tokenize(["weave"])[0, :3]
     return clip.transformer.resblocks, text_embed(clip, tokens), clip.attn_mask
 
 
@@ -84,7 +87,7 @@ def stage_outputs(model: AdaptedCLIP, stage: int, cross_attention: bool) -> list
     torch.manual_seed(1)
     size = model.info.grid * model.clip.visual.patch_size[0]
     images = torch.randn(2, 3, size, size)
-    tokens = model.tokenize(["weave", "disc"])
+    tokens = tokenize(["weave", "disc"])
     model.train()
     model.zero_grad(set_to_none=True)
     if stage == 1:
@@ -133,7 +136,7 @@ def test_value_value_attention_projects_only_the_values(axis: str) -> None:
 @pytest.mark.parametrize("cross_attention", [False, True])
 def test_text_tower_trimmed_after_the_last_eot_equals_the_full_length(cross_attention: bool) -> None:
     model = build("aaclip-small", **{"cross_attention.text_scale.init": 1.0})
-    tokens = model.tokenize(["weave", "disc"])
+    tokens = tokenize(["weave", "disc"])
     assert model.text_length(tokens.flatten(0, 1)) < tokens.shape[-1]
     context = torch.randn(2, 5, model.info.embed_dim) if cross_attention else None
     trimmed = model.encode_text(tokens, context)

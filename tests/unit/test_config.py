@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aaclip.config import (apply_overrides, config_keys, flatten, load_config, parse_override, unflatten,
-                           validate_config)
+from aaclip.config import apply_overrides, config_keys, flatten, load_config, parse_override, validate_config
 from aaclip.errors import ConfigError
+from tests.flat_configs import unflatten
 
 
 def test_shipped_configs_validate_and_round_trip(tmp_path: Path) -> None:

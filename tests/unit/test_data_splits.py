@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from aaclip.config import DataConfig, DatasetSpec, flatten, unflatten, validate_config
+from aaclip.config import DataConfig, DatasetSpec, flatten, validate_config
 from aaclip.data import load_records
 from aaclip.data.splits import check_disjoint, load_splits, split_fingerprint, split_summary
 from aaclip.errors import DataError
 from study.spec import load_study
+from tests.flat_configs import unflatten
 
 SHIPPED_SPECS = Path(__file__).parents[2] / "search_spaces"
 

@@ -55,13 +55,14 @@ def test_bf16_blocks_run_on_flash_or_efficient_kernels() -> None:
 def test_bf16_steps_keep_fp32_weights_losses_and_gradients(tiny_config) -> None:
     from aaclip.profile import stage_batch, stage_plan
     from aaclip.session import build_session
-    from aaclip.train import STAGE_LOSSES, make_optimizer
+    from aaclip.stages import STAGE_LOSSES
+    from aaclip.train import make_optimizer
 
     session = build_session(cuda_config(tiny_config))
     for stage in (TEXT, IMAGE):
-        session.prepare_stage(stage_plan(stage))
         optimizer = make_optimizer(session, stage_plan(stage))
-        loss = STAGE_LOSSES[stage](session, stage_batch(session, stage, 4), 1)
+        inputs = session.stage_inputs(stage_plan(stage))
+        loss = STAGE_LOSSES[stage](session.model, stage_batch(session, stage, 4), inputs, session.stage_settings)
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
         optimizer.zero_grad()
         loss.backward()

@@ -6,22 +6,25 @@ import torch
 
 from aaclip.adapters import Adapter, norm_matched_residual
 from aaclip.backbone import load_clip, registered_architectures
-from aaclip.config import ScaleConfig, load_config
+from aaclip.config import load_config
 from aaclip.cross_attention import CrossAttention
 from aaclip.errors import ConfigError, DataError
+from aaclip.factory import adapted_clip
 from aaclip.model import AdaptedCLIP
+from aaclip.prompt_tokens import PromptTokenizer
 
 SETTINGS = {  # levels and adapter depths per registered backbone (they come from the backbone's depth)
     "aaclip-tiny": {"model.image_size": 64, "adapters.levels": [1, 2, 3, 4], "adapters.image_until": 2},
     "aaclip-small": {"model.image_size": 112, "adapters.levels": [2, 4, 6, 8], "adapters.image_until": 3,
                      "cross_attention.heads": 4},
 }
+tokenize = PromptTokenizer("aaclip-tiny")  # aaclip-small has the same vocabulary and context length
 
 
 def build(name: str = "aaclip-tiny", **overrides) -> AdaptedCLIP:
     config = load_config("tiny", {"model.name": name, **SETTINGS[name], **overrides})
     torch.manual_seed(0)
-    return AdaptedCLIP(load_clip(config.model), config)
+    return adapted_clip(load_clip(config.model), config)
 
 
 @pytest.mark.parametrize("name", registered_architectures())
@@ -29,7 +32,7 @@ def test_forward_backward_shapes_and_gradient_coverage(name: str) -> None:
     model = build(name)
     size = model.info.grid * model.clip.visual.patch_size[0]
     images = torch.randn(2, 3, size, size)
-    tokens = model.tokenize(["weave", "disc"])
+    tokens = tokenize(["weave", "disc"])
     assert tokens.shape == (2, 16, 77)
     targets = model.frozen_targets(images)
     assert targets.shape == (2, 4, model.info.num_patches, model.info.embed_dim)
@@ -48,15 +51,15 @@ def test_forward_backward_shapes_and_gradient_coverage(name: str) -> None:
 
 def test_anchors_are_unit_vectors_normal_first() -> None:
     model = build()
-    anchors = model.class_anchors(model.tokenize(["weave", "granite", "ring"]))
+    anchors = model.class_anchors(tokenize(["weave", "granite", "ring"]))
     assert anchors.shape == (3, 64, 2)
     torch.testing.assert_close(anchors.norm(dim=1), torch.ones(3, 2))
 
 
 def test_class_without_prompts_is_a_data_error() -> None:
     with pytest.raises(DataError, match="'gizmo' has no prompt name"):
-        build().tokenize(["gizmo"])
-    assert build().tokenize(["gizmo"], {"gizmo": "small gizmo"}).shape == (1, 16, 77)
+        tokenize(["gizmo"])
+    assert tokenize(["gizmo"], {"gizmo": "small gizmo"}).shape == (1, 16, 77)
 
 
 def test_adapter_residual_keeps_token_norm_scale() -> None:
@@ -69,7 +72,7 @@ def test_adapter_residual_keeps_token_norm_scale() -> None:
 
 def cross_attention(**overrides) -> CrossAttention:
     settings = dict(query_dim=16, context_dim=8, inner_dim=8, heads=2, dropout=0.0,
-                    scale=ScaleConfig(init=0.1), norm_match=True, normalize_context=True) | overrides
+                    scale=0.1, learnable_scale=False, norm_match=True, normalize_context=True) | overrides
     torch.manual_seed(0)
     return CrossAttention(**settings)
 
@@ -97,7 +100,7 @@ def test_learnable_scale_receives_gradient_and_moves() -> None:
     assert isinstance(scale, torch.nn.Parameter) and scale in model.trainable_groups()["image_cross_attn"]
     assert "scale" not in dict(model.text_cross_attn.named_parameters())  # fixed: a buffer
     optimizer = torch.optim.Adam([scale], lr=0.01)
-    tokens = model.tokenize(["weave"])
+    tokens = tokenize(["weave"])
     features = model.encode_image(torch.randn(2, 3, 64, 64), model.text_context(tokens).expand(2, -1, -1))
     features.seg_tokens[0][..., 0].sum().backward()
     assert scale.grad is not None and scale.grad.abs() > 0
