@@ -189,6 +189,7 @@ class BlurConfig(Strict):
 
 class EvalConfig(Strict):
     every: Literal["loop", "epoch"] = "loop"
+    loop0: bool = True  # also evaluate the starting point (loop 0) once, before any training: curves start there
     max_images: int | None = Field(None, ge=1)  # a fixed, seeded subset for cheap intermediate checks
     batch: int = Field(8, ge=1)
     blur: BlurConfig = Field(default_factory=BlurConfig)
