@@ -335,6 +335,16 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def effective_settings(config: TrainConfig) -> dict[str, Any]:
+    """The flat settings that act on training: without cross-attention, `cross_attention.enabled: false` alone
+    (scales, heads, start loop of a module that is off would read as choices). config.yaml keeps every key."""
+    flat = flatten(config.to_dict())
+    if config.cross_attention.enabled:
+        return flat
+    return {key: value for key, value in flat.items()
+            if not key.startswith("cross_attention.") or key == "cross_attention.enabled"}
+
+
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return apply_overrides({}, flat)
 

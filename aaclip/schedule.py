@@ -49,6 +49,18 @@ def feedback_plan(feedback: FeedbackConfig) -> list[StagePlan]:
     return plan
 
 
+def describe_epochs(plan: list[StagePlan]) -> str:
+    """Which global epochs each stage runs, e.g. "loop 1: text 1, image 2-3 · loop 2: text 4, image 5": the key
+    to a per-epoch curve, whose steps are global epochs."""
+    stages: dict[int, list[str]] = {}
+    first = 1
+    for item in plan:
+        last = first + item.epochs - 1
+        stages.setdefault(item.loop, []).append(f"{item.stage.part} {first}" + (f"-{last}" if last > first else ""))
+        first = last + 1
+    return " · ".join(f"loop {loop}: {', '.join(parts)}" for loop, parts in stages.items())
+
+
 def loop_lr(base_lr: float, loop: int, feedback: FeedbackConfig) -> float:
     return base_lr * feedback.lr_decay ** (loop - 1)
 
