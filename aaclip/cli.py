@@ -47,6 +47,13 @@ def _progress(metrics: dict, checkpoint: Path) -> None:
     typer.echo(line)
 
 
+def _loop_line(record: dict) -> None:
+    """The starting point (loop 0) before the first epoch; each loop's end is on its last epoch's line."""
+    if record["loop"] == 0:
+        typer.echo(f"start (untrained): val pixel AUROC {record['val/pixel_auroc']:.2f} image AUROC "
+                   f"{record['val/image_auroc']:.2f}")
+
+
 @app.command()
 def train(config: str = typer.Argument(..., help="Config file or shipped name (tiny, vit-l-14-336)"),
           overrides: Optional[list[str]] = SetOption,
@@ -63,12 +70,12 @@ def train(config: str = typer.Argument(..., help="Config file or shipped name (t
     from aaclip.train import fit
 
     configure_threads(available_cpus(), settings.data.workers)
-    result = fit(settings, out_dir=out, on_epoch=_progress, resume=resume)
+    result = fit(settings, out_dir=out, on_epoch=_progress, on_loop=_loop_line, resume=resume)
     final = dict(result.metrics)
     if test:
         final |= _evaluate(settings, out / "checkpoint", "test")
         write_text_atomically(out / "metrics.json", json.dumps(final, indent=2))
-    typer.echo(f"done: {out}/metrics.json, checkpoint {out}/checkpoint")
+    typer.echo(f"done: {out}/metrics.json, per loop {out}/loops.json, checkpoint {out}/checkpoint")
 
 
 def _evaluate(settings, checkpoint: Path, split: str) -> dict:

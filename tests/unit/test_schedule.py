@@ -24,7 +24,8 @@ def test_text_epochs_zero_skips_stage_one() -> None:
 
 def test_the_epochs_of_each_stage_are_described_by_global_epoch() -> None:
     plan = feedback_plan(FeedbackConfig(loops=3, text_epochs=2, image_epochs=4, epoch_decay=0.5))
-    assert describe_epochs(plan) == "loop 1: text 1-2, image 3-6 · loop 2: text 7, image 8-9 · loop 3: text 10, image 11"
+    assert describe_epochs(plan) == ("loop 1: text 1-2, image 3-6 · loop 2: text 7, image 8-9 · "
+                                     "loop 3: text 10, image 11")
     assert describe_epochs(feedback_plan(FeedbackConfig(loops=2, text_epochs=0, image_epochs=1))) == \
         "loop 1: image 1 · loop 2: image 2"
 
