@@ -61,6 +61,18 @@ def describe_epochs(plan: list[StagePlan]) -> str:
     return " · ".join(f"loop {loop}: {', '.join(parts)}" for loop, parts in stages.items())
 
 
+def loop_progress(plan: list[StagePlan], epoch: int) -> float:
+    """Loops done after global epoch `epoch`, fractional: loop n ends at exactly n. As a chart's x axis (MLflow:
+    X-axis > Metric), it shows a per-epoch curve's loop boundaries, which a global-epoch axis hides."""
+    done = 0
+    for loop in sorted({item.loop for item in plan}):
+        epochs = sum(item.epochs for item in plan if item.loop == loop)
+        if epoch <= done + epochs:
+            return loop - 1 + (epoch - done) / epochs
+        done += epochs
+    return float(plan[-1].loop)
+
+
 def loop_lr(base_lr: float, loop: int, feedback: FeedbackConfig) -> float:
     return base_lr * feedback.lr_decay ** (loop - 1)
 

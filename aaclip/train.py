@@ -24,7 +24,7 @@ from aaclip.config import TrainConfig
 from aaclip.data.splits import split_summary
 from aaclip.notices import in_own_scope, recorded
 from aaclip.outputs import write_text_atomically
-from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan, feedback_plan, loop_lr, lr_factor
+from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan, feedback_plan, loop_lr, loop_progress, lr_factor
 from aaclip.session import Session, build_session
 
 EpochCallback = Callable[[dict[str, float], Path], None]
@@ -272,6 +272,7 @@ def advance(position: Position, plan: StagePlan, steps_per_epoch: int) -> None:
 def position_metrics(session: Session, plan: StagePlan, position: Position) -> dict[str, float]:
     return {"loop": float(plan.loop), "stage": float(plan.stage), "epoch": float(position.epoch),
             "stage_epoch": float(position.epochs_done_in_stage), "step": float(position.step),
+            "loop_progress": loop_progress(feedback_plan(session.config.feedback), position.epoch),
             **scale_metrics(session)}
 
 
