@@ -212,7 +212,7 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 FINAL_OUTCOMES = ("completed", "pruned", "stopped", "failed")
-SCHEDULE = "aaclip.schedule"  # on a trial's run: which epochs each loop's stages ran (aaclip.schedule)
+SCHEDULE = "aaclip.schedule"  # on a trial's run: the epochs of each loop's stages (schedule.describe_epochs)
 PRUNED_AT = "aaclip.pruned_at"  # on a pruned trial's run: the rung it stopped at, e.g. "loop 1"
 # A pruned trial did what ASHA asked of it: FINISHED, told from a completed one by its outcome tag, never shown
 # with the red cross of a crash. A guard-stopped or interrupted trial did not run as planned: KILLED.
