@@ -54,6 +54,13 @@ def _progress(metrics: dict, checkpoint: Path) -> None:
     typer.echo(line)
 
 
+def _loop_line(record: dict) -> None:
+    """The starting point (loop 0) before the first epoch; each loop's end is on its last epoch's line."""
+    if record["loop"] == 0:
+        typer.echo(f"start (untrained): val pixel AUROC {record['val/pixel_auroc']:.2f} image AUROC "
+                   f"{record['val/image_auroc']:.2f}")
+
+
 @app.command()
 def train(config: str = typer.Argument(..., help="Config file or shipped name (tiny, vit-l-14-336)"),
           overrides: Optional[list[str]] = SetOption,
@@ -78,13 +85,13 @@ def train(config: str = typer.Argument(..., help="Config file or shipped name (t
     configure_threads(available_cpus(), settings.data.workers)
     with run or contextlib.nullcontext():
         result = fit(settings, out_dir=out, on_epoch=run.epoch_logger(_progress) if run else _progress,
-                     resume=resume)
+                     on_loop=run.loop_logger(_loop_line) if run else _loop_line, resume=resume)
         final, tested = dict(result.metrics), {}
         if test:
             tested = _evaluate(settings, out / "checkpoint", "test")
             write_text_atomically(out / "metrics.json", json.dumps(final | tested, indent=2))
         version = run.finish(out, int(final["epoch"]), tested, register) if run else None
-    typer.echo(f"done: {out}/metrics.json, checkpoint {out}/checkpoint")
+    typer.echo(f"done: {out}/metrics.json, per loop {out}/loops.json, checkpoint {out}/checkpoint")
     if version:
         typer.echo(f"registered: models:/{version.name}/{version.version} (load it with "
                    f"aaclip.mlflow_model.load_registered)")

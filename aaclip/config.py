@@ -189,6 +189,7 @@ class BlurConfig(Strict):
 
 class EvalConfig(Strict):
     every: Literal["loop", "epoch"] = "loop"
+    loop0: bool = True  # also evaluate the starting point (loop 0) once, before any training: curves start there
     max_images: int | None = Field(None, ge=1)  # a fixed, seeded subset for cheap intermediate checks
     batch: int = Field(8, ge=1)
     blur: BlurConfig = Field(default_factory=BlurConfig)
@@ -334,6 +335,17 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def effective_settings(config: TrainConfig) -> dict[str, Any]:
+    """The flat settings that act on training: without cross-attention, `cross_attention.enabled: false` alone
+    (scales, heads, start loop of a module that is off would read as choices). config.yaml keeps every key."""
+    flat = flatten(config.to_dict())
+    if config.cross_attention.enabled:
+        return flat
+    return {key: value for key, value in flat.items()
+            if not key.startswith("cross_attention.") or key == "cross_attention.enabled"}
+
+
+
 MLFLOW_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
@@ -346,7 +358,7 @@ def param_text(value: Any) -> str:
 def mlflow_params(config: TrainConfig) -> dict[str, str]:
     """The config as MLflow params, one per dotted key: the same for a study's trial and a retrain, so their
     runs compare key by key."""
-    return {key: param_text(value) for key, value in flatten(config.to_dict()).items()}
+    return {key: param_text(value) for key, value in effective_settings(config).items()}
 
 
 

@@ -49,6 +49,30 @@ def feedback_plan(feedback: FeedbackConfig) -> list[StagePlan]:
     return plan
 
 
+def describe_epochs(plan: list[StagePlan]) -> str:
+    """Which global epochs each stage runs, e.g. "loop 1: text 1, image 2-3 · loop 2: text 4, image 5": the key
+    to a per-epoch curve, whose steps are global epochs."""
+    stages: dict[int, list[str]] = {}
+    first = 1
+    for item in plan:
+        last = first + item.epochs - 1
+        stages.setdefault(item.loop, []).append(f"{item.stage.part} {first}" + (f"-{last}" if last > first else ""))
+        first = last + 1
+    return " · ".join(f"loop {loop}: {', '.join(parts)}" for loop, parts in stages.items())
+
+
+def loop_progress(plan: list[StagePlan], epoch: int) -> float:
+    """Loops done after global epoch `epoch`, fractional: loop n ends at exactly n. As a chart's x axis (MLflow:
+    X-axis > Metric), it shows a per-epoch curve's loop boundaries, which a global-epoch axis hides."""
+    done = 0
+    for loop in sorted({item.loop for item in plan}):
+        epochs = sum(item.epochs for item in plan if item.loop == loop)
+        if epoch <= done + epochs:
+            return loop - 1 + (epoch - done) / epochs
+        done += epochs
+    return float(plan[-1].loop)
+
+
 def loop_lr(base_lr: float, loop: int, feedback: FeedbackConfig) -> float:
     return base_lr * feedback.lr_decay ** (loop - 1)
 

@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from aaclip.checkpoint import load_adapters  # noqa: E402
 from aaclip.config import TrainConfig, mlflow_params, read_yaml  # noqa: E402
 from aaclip.errors import AaclipError  # noqa: E402
+from aaclip.metric_names import LOOP_PREFIX  # noqa: E402
 from aaclip.mlflow_model import describe_trial, register_adapters, source_tags  # noqa: E402
 
 ROLE = "aaclip.role"  # "retrain": never taken for a study's trial (those are "trial")
@@ -102,16 +103,30 @@ class RetrainRun:
 
         def on_epoch(metrics: dict, checkpoint: Path) -> None:
             progress(metrics, checkpoint)
-            if self.logging_epochs:
-                try:
-                    self.begin()
-                    self.log_metrics(metrics, int(metrics["epoch"]))
-                except MlflowException as error:
-                    self.logging_epochs = False
-                    print(f"warning: per-epoch metrics no longer reach the tracking server ({error}); "
-                          "training goes on", file=sys.stderr)
+            self.log_while_reachable(metrics, int(metrics["epoch"]))
 
         return on_epoch
+
+    def loop_logger(self, progress: Callable[[dict], None]) -> Callable[[dict], None]:
+        """fit's on_loop: the loop record as `loop/<metric>` at step = loop (0: untrained), as a trial logs it."""
+
+        def on_loop(record: dict) -> None:
+            progress(record)
+            values = {LOOP_PREFIX + key: value for key, value in record.items() if key != "loop"}
+            self.log_while_reachable(values, int(record["loop"]))
+
+        return on_loop
+
+    def log_while_reachable(self, metrics: dict[str, Any], step: int) -> None:
+        if not self.logging_epochs:
+            return
+        try:
+            self.begin()
+            self.log_metrics(metrics, step)
+        except MlflowException as error:
+            self.logging_epochs = False
+            print(f"warning: training metrics no longer reach the tracking server ({error}); "
+                  "training goes on", file=sys.stderr)
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
         now = int(time.time() * 1000)

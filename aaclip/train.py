@@ -2,7 +2,9 @@
 
 One epoch loop (`run_epoch`) serves both stages; a stage is a loss function (aaclip.stages) plus the parameter
 groups it trains. `fit` walks the feedback plan, evaluates, checkpoints after every epoch and calls back with
-a flat metrics dict (DESIGN §4 names) and the checkpoint directory.
+a flat metrics dict (DESIGN §4 names) and the checkpoint directory. Beside the epochs, it keeps one record per
+loop: loop 0 is the starting point, evaluated once before any training, and loop n the state at its end, so a
+curve over loops shows what each round of feedback did.
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ from aaclip.config import TrainConfig
 from aaclip.data.splits import split_summary
 from aaclip.notices import in_own_scope, recorded
 from aaclip.outputs import write_text_atomically
-from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan, feedback_plan, loop_lr, lr_factor
+from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan, feedback_plan, loop_lr, loop_progress, lr_factor
 from aaclip.session import Session, build_session
 from aaclip.stages import STAGE_LOSSES
 
 EpochCallback = Callable[[dict[str, float], Path], None]
+LoopCallback = Callable[[dict[str, float]], None]
 STAGE_GROUPS = {TEXT: ("text_adapter", "text_cross_attn"), IMAGE: ("image_adapter", "image_cross_attn")}
 
 
@@ -34,6 +37,7 @@ class FitResult:
     metrics: dict[str, float]
     history: list[dict[str, float]]
     out_dir: Path
+    loops: list[dict[str, float]] = field(default_factory=list)  # loop records (see `loop_record`)
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Position:
     epoch: int = 0
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    loops: list[dict[str, float]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -139,8 +144,12 @@ def make_optimizer(session: Session, plan: StagePlan) -> torch.optim.Optimizer:
 
 @in_own_scope  # warnings.json and a trial's aaclip.warnings tag hold this run's notices only
 def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = None,
-        resume: Path | None = None) -> FitResult:
-    """Run the whole feedback schedule; resumable after any epoch from the checkpoint passed to `on_epoch`."""
+        on_loop: LoopCallback | None = None, resume: Path | None = None) -> FitResult:
+    """Run the whole feedback schedule; resumable after any epoch from the checkpoint passed to `on_epoch`.
+
+    `on_loop` gets each loop record: loop 0 (eval.loop0, on a fresh run only: a resumed run had it), then every
+    loop's end, just before that epoch's `on_epoch` (a run stopped in between redoes the epoch, and the record).
+    """
     out_dir = Path(out_dir)
     session = build_session(config)
     plan = feedback_plan(config.feedback)
@@ -150,6 +159,8 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
     else:
         apply_init(session)
     write_text_atomically(out_dir / "config.yaml", config.to_yaml())  # the first write: every check has passed
+    if resume is None and config.eval.loop0:
+        add_loop_record(position, starting_point(session, out_dir), on_loop)
     optimizers: dict[Stage, LoopOptimizer] = {}
     while position.plan_index < len(plan):
         stage_plan = plan[position.plan_index]
@@ -162,6 +173,8 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
         if evaluation_due(config, stage_plan, position):
             metrics |= session.evaluate(stage_plan.loop, gallery=out_dir / "gallery.png")
         position.history.append(metrics)
+        if ends_loop(stage_plan, position):
+            add_loop_record(position, loop_record(metrics), on_loop)
         checkpoint = write_checkpoint(session, out_dir / "checkpoint", position, optimizers)
         if on_epoch is not None:
             on_epoch(metrics, checkpoint)
@@ -170,9 +183,10 @@ def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = 
     # Which images each split held (sizes and fingerprints), beside the numbers measured on them.
     final = (position.history[-1] if position.history else {}) | split_summary(session.data.splits)
     write_text_atomically(out_dir / "metrics.json", json.dumps(final, indent=2))
+    write_text_atomically(out_dir / "loops.json", json.dumps(position.loops, indent=2))
     if recorded():
         write_text_atomically(out_dir / "warnings.json", json.dumps(recorded(), indent=2))
-    return FitResult(final, position.history, out_dir)
+    return FitResult(final, position.history, out_dir, position.loops)
 
 
 def stage_optimizer(session: Session, plan: StagePlan, optimizers: dict[Stage, LoopOptimizer],
@@ -202,16 +216,52 @@ def advance(position: Position, plan: StagePlan, steps_per_epoch: int) -> None:
 
 
 def position_metrics(session: Session, plan: StagePlan, position: Position) -> dict[str, float]:
-    model = session.model
     return {"loop": float(plan.loop), "stage": float(plan.stage), "epoch": float(position.epoch),
             "stage_epoch": float(position.epochs_done_in_stage), "step": float(position.step),
-            "scale/text": model.text_cross_attn.scale.item(), "scale/image": model.image_cross_attn.scale.item()}
+            "loop_progress": loop_progress(feedback_plan(session.config.feedback), position.epoch),
+            **scale_metrics(session)}
+
+
+def scale_metrics(session: Session) -> dict[str, float]:
+    """The cross-attention scales; none without cross-attention (a baseline has no scale to show)."""
+    if not session.config.cross_attention.enabled:
+        return {}
+    model = session.model
+    return {"scale/text": model.text_cross_attn.scale.item(), "scale/image": model.image_cross_attn.scale.item()}
+
+
+def ends_loop(plan: StagePlan, position: Position) -> bool:
+    """The epoch just done is the last of its loop (Stage 2 closes every loop)."""
+    return plan.stage == IMAGE and position.epochs_done_in_stage == plan.epochs
 
 
 def evaluation_due(config: TrainConfig, plan: StagePlan, position: Position) -> bool:
-    if config.eval.every == "epoch":
-        return True
-    return plan.stage == IMAGE and position.epochs_done_in_stage == plan.epochs
+    return config.eval.every == "epoch" or ends_loop(plan, position)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loop records: the starting point and every loop's end
+
+
+def starting_point(session: Session, out_dir: Path) -> dict[str, float]:
+    """Loop 0: the model before any training (base adapters, if init.* names them), evaluated with the RNG
+    states forked, so that the training that follows is the same as without this evaluation."""
+    devices = [session.device] if session.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        evaluation = session.evaluate(0, gallery=out_dir / "gallery.png")
+    return {"loop": 0.0, "epoch": 0.0, **scale_metrics(session), **evaluation}
+
+
+def loop_record(metrics: dict[str, float]) -> dict[str, float]:
+    """A loop's end, from its last epoch's metrics: where it ended (loop, epoch), the scales, the evaluation."""
+    return {key: value for key, value in metrics.items()
+            if key in ("loop", "epoch") or key.startswith(("scale/", "val/"))}
+
+
+def add_loop_record(position: Position, record: dict[str, float], on_loop: LoopCallback | None) -> None:
+    position.loops.append(record)
+    if on_loop is not None:
+        on_loop(record)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -224,6 +274,7 @@ def write_checkpoint(session: Session, folder: Path, position: Position,
         "position": {"plan_index": position.plan_index, "epochs_done_in_stage": position.epochs_done_in_stage,
                      "epoch": position.epoch, "step": position.step},
         "history": position.history,
+        "loops": position.loops,
         # int keys: a Stage member would not load back under torch.load(weights_only=True)
         "optimizers": {int(stage): entry.optimizer.state_dict() for stage, entry in optimizers.items()},
         "optimizer_loops": {int(stage): entry.loop for stage, entry in optimizers.items()},
@@ -238,7 +289,7 @@ def restore(session: Session, folder: Path) -> tuple[Position, dict]:
     torch.set_rng_state(state["rng"])
     saved = state["position"]
     position = Position(saved["plan_index"], saved["epochs_done_in_stage"], saved["epoch"], saved["step"],
-                        list(state["history"]))
+                        list(state["history"]), list(state["loops"]))
     plan = feedback_plan(session.config.feedback)
     if position.epochs_done_in_stage == plan[position.plan_index].epochs:  # the checkpoint closed a stage
         position.plan_index, position.epochs_done_in_stage = position.plan_index + 1, 0

@@ -62,6 +62,14 @@ def param_value(text: str | None) -> Any:
         return text
 
 
+def shown_params(params: dict[str, str], keys: list[str]) -> dict[str, Any]:
+    """The searched params of a run; in a run without cross-attention, its settings are "off" (the run logs
+    none: aaclip.config.effective_settings), never a scale it did not use."""
+    off = param_value(params.get("cross_attention.enabled")) is False
+    return {key: "off" if off and key.startswith("cross_attention.") and key != "cross_attention.enabled"
+            else param_value(params.get(key)) for key in keys}
+
+
 def study_status(client, name: str) -> StudyStatus:
     parent = require_parent_run(client, name)
     tags = parent.data.tags
@@ -80,7 +88,7 @@ def study_status(client, name: str) -> StudyStatus:
         best = run_tags.get("aaclip.best_value")
         status.trials.append(TrialRow(
             trial=run.info.run_name, trial_id=run_tags.get(TRIAL_ID, ""), state=state,
-            params={key: param_value(run.data.params.get(key)) for key in keys},
+            params=shown_params(run.data.params, keys),
             loop=int(metrics["loop"]) if "loop" in metrics else None,
             objective=_finite(metrics.get(metric)), best=_finite(float(best)) if best else None,
             baseline=run_tags.get("aaclip.baseline") == "true", reason=run_tags.get("aaclip.stop_reason", ""),

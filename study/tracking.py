@@ -8,7 +8,9 @@ restarted trial, `status` or `export` days later) reaches the same runs:
 
 A restarted trial reopens its run and skips the epochs that run already holds (tag aaclip.last_epoch, moved
 only once an epoch's metrics, artifacts and best tags are all written), so a resumed trial continues its curves
-without duplicated points and completes whatever its previous attempt left unlogged. Writes from trials and the
+without duplicated points and completes whatever its previous attempt left unlogged. Beside the per-epoch
+metrics (step = global epoch), each loop record of `fit` is logged as `loop/<metric>` at step = loop: 0 is the
+untrained starting point, so those curves show one point per round of feedback. Writes from trials and the
 driver go through study/spool.py: retried, and spooled to disk while the server is away.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from aaclip.config import TrainConfig, mlflow_params, param_text
+from aaclip.metric_names import LOOP_PREFIX
 from study.errors import StudyError
 from study.server import current_uri
 from study.spool import Spool, Tracker, batch_op
@@ -40,6 +43,7 @@ DRIVER_STATE = "aaclip.driver"  # on the parent run: finished | interrupted | cr
 OUTCOME_BY = "aaclip.outcome_by"  # "driver": the recorded end of the trial (the worker's tag is provisional)
 BATCH = 100
 METRIC_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+LOOP_MARKER = LOOP_PREFIX + "epoch"  # written last of a loop record: the loops already on the server
 HISTORY_KEYS = ("grad/text_adapter", "grad/text_cross_attn", "grad/image_adapter", "grad/image_cross_attn",
                 "grad/image_adapter_share")  # MLflow's limit of params or tags per log_batch call
 
@@ -203,6 +207,7 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 FINAL_OUTCOMES = ("completed", "pruned", "stopped", "failed")
+SCHEDULE = "aaclip.schedule"  # on a trial's run: the epochs of each loop's stages (schedule.describe_epochs)
 PRUNED_AT = "aaclip.pruned_at"  # on a pruned trial's run: the rung it stopped at, e.g. "loop 1"
 # A pruned trial did what ASHA asked of it: FINISHED, told from a completed one by its outcome tag, never shown
 # with the red cross of a crash. A guard-stopped or interrupted trial did not run as planned: KILLED.
@@ -224,11 +229,13 @@ class TrialRun:
     logged again, but not its metrics (no step is written twice).
     """
 
-    def __init__(self, tracker: Tracker, run_id: str, last_epoch: int, metrics_through: int):
+    def __init__(self, tracker: Tracker, run_id: str, last_epoch: int, metrics_through: int,
+                 loops_through: int = -1):
         self.tracker = tracker
         self.run_id = run_id
         self.last_epoch = last_epoch  # epochs up to here are completely logged
         self.metrics_through = max(metrics_through, last_epoch)
+        self.loops_through = loops_through  # the last loop record on the server; -1: none
 
     @classmethod
     def open(cls, tracker: Tracker, *, experiment_id: str, parent_run_id: str, study: str,
@@ -252,9 +259,11 @@ class TrialRun:
             tracker.write({"op": "log_text", "run_id": run_id, "text": config.to_yaml(),
                            "artifact_file": "config.yaml"})
         run_tags = run.data.tags
-        epochs = tracker.read(lambda client: client.get_metric_history(run_id, "epoch"), "reading the run")
+        epochs, loops = tracker.read(lambda client: (client.get_metric_history(run_id, "epoch"),
+                                                     client.get_metric_history(run_id, LOOP_MARKER)),
+                                     "reading the run")
         trial_run = cls(tracker, run_id, int(run_tags.get("aaclip.last_epoch", 0)),
-                        max((point.step for point in epochs), default=0))
+                        max((point.step for point in epochs), default=0), max((p.step for p in loops), default=-1))
         # The driver recorded this trial's end already (a resumed study runs it again): a re-run does not undo it.
         ended = run_tags.get(OUTCOME_BY) == "driver" and run_tags.get("aaclip.outcome") in FINAL_OUTCOMES
         if not ended:
@@ -273,13 +282,28 @@ class TrialRun:
         if epoch <= self.last_epoch:
             return False
         if epoch > self.metrics_through:
-            now = int(time.time() * 1000)
-            values = [Metric(key, value, now, epoch) for key, value in numeric_metrics(metrics).items()
-                      if math.isfinite(value) or key.startswith(("train/", "grad/"))]  # a NaN loss is a finding
-            for start in range(0, len(values), METRIC_BATCH):
-                self.tracker.write(batch_op(self.run_id, metrics=values[start:start + METRIC_BATCH]))
+            now = int(time.time() * 1000)  # a NaN loss is a finding: logged
+            self.log_metrics([Metric(key, value, now, epoch) for key, value in numeric_metrics(metrics).items()
+                              if math.isfinite(value) or key.startswith(("train/", "grad/"))])
             self.metrics_through = epoch
         return True
+
+    def log_loop(self, record: dict[str, Any]) -> bool:
+        """Log a loop record (fit's on_loop) as `loop/<key>` at step = loop, once: False if an earlier attempt
+        of the trial logged it (loop 0 again after a restart without checkpoint, a loop end whose epoch is redone)."""
+        loop = int(record["loop"])
+        if loop <= self.loops_through:
+            return False
+        now = int(time.time() * 1000)
+        values = [Metric(LOOP_PREFIX + key, value, now, loop) for key, value in numeric_metrics(record).items()
+                  if key != "loop" and math.isfinite(value)]
+        self.log_metrics(sorted(values, key=lambda metric: metric.key == LOOP_MARKER))  # the marker last
+        self.loops_through = loop
+        return True
+
+    def log_metrics(self, values: list[Metric]) -> None:
+        for start in range(0, len(values), METRIC_BATCH):
+            self.tracker.write(batch_op(self.run_id, metrics=values[start:start + METRIC_BATCH]))
 
     def mark_epoch(self, epoch: int) -> None:
         """Everything of this epoch is written (or spooled, which keeps the order): move the marker last."""

@@ -20,6 +20,7 @@ import ray.tune
 
 from aaclip.config import TrainConfig
 from aaclip.notices import recorded
+from aaclip.schedule import describe_epochs, feedback_plan
 from study.callbacks import remove_scratch
 from study.devices import require_cuda_for_assigned_gpus
 from aaclip.mlflow_env import CLIENT_SETTINGS
@@ -27,7 +28,7 @@ from study.plots import gradient_flow_plot
 from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline, run_identity
 from study.spec import Study, planned_epochs
 from study.spool import batch_op, spool_root
-from study.tracking import Connector, TrialRun, numeric_metrics
+from study.tracking import SCHEDULE, Connector, TrialRun, numeric_metrics
 
 MAX_TAG_CHARS = 5000  # keeps a long list of warnings within MLflow's tag limits
 # Variables a trial process needs wherever it runs: tracking credentials, artifact store access, offline hubs.
@@ -93,6 +94,8 @@ def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseli
     tune_context = ray.tune.get_context()
     trial_id = tune_context.get_trial_id()
     tracker = context.connect.tracker(spool_root(Path(context.aaclip_home), context.study.name) / trial_id)
+    # The stage of every epoch, on the run: a metric step carries no tag, and the charts' x axis is the epoch.
+    tags = {SCHEDULE: describe_epochs(feedback_plan(train_config.feedback)), **(tags or {})}
     run = TrialRun.open(tracker, experiment_id=context.experiment_id,
                         parent_run_id=context.parent_run_id, study=context.study.name,
                         trial_id=trial_id, trial_name=tune_context.get_trial_name(),
@@ -109,7 +112,7 @@ def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseli
                              run_identity(run.run_id, tune_context.get_trial_name()))
     try:
         with restored_checkpoint() as resume:
-            fit(train_config, out_dir=out_dir, on_epoch=reporter, resume=resume)
+            fit(train_config, out_dir=out_dir, on_epoch=reporter, on_loop=reporter.log_loop, resume=resume)
         reporter.finish()
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -160,14 +163,24 @@ class EpochReporter:
             report[COMPLETED_KEY] = 1.0
         ray.tune.report(report, checkpoint=ray.tune.Checkpoint.from_directory(checkpoint_dir))
 
-    def log_evaluation(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        epoch = int(metrics["epoch"])
+    def log_loop(self, record: dict[str, float]) -> None:
+        """fit's on_loop: the record on the run's `loop/` curves, never a Tune report (ASHA's rungs are loop ends
+        reported with their epochs; loop 0 trained nothing). Loop 0 brings the untrained model's gallery."""
+        if self.run.log_loop(record) and record["loop"] == 0:
+            self.log_gallery(0)
+
+    def log_gallery(self, epoch: int) -> None:
+        """The gallery fit just drew, as gallery/epoch-NNNN.png (epoch 0: before training)."""
         gallery = self.out_dir / "gallery.png"
         if gallery.is_file():
             named = self.out_dir / "gallery" / f"epoch-{epoch:04d}.png"
             named.parent.mkdir(exist_ok=True)
             shutil.copyfile(gallery, named)
             self.run.log_file(named, "gallery")
+
+    def log_evaluation(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        epoch = int(metrics["epoch"])
+        self.log_gallery(epoch)
         plot = gradient_flow_plot(self.history, self.out_dir / "gradient_flow.png", self.share_floor)
         self.run.log_file(plot)
         value = metrics[self.objective.metric]

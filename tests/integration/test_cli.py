@@ -33,7 +33,11 @@ def test_train_then_evaluate(config_file: Path, tmp_path: Path, aaclip_home: Pat
     out = tmp_path / "run"
     result = aaclip("train", str(config_file), "--out", str(out), "--set", "feedback.loops=1", home=aaclip_home)
     assert "loop 1 image epoch 1" in result.stdout and "val pixel AUROC" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("start (untrained): val pixel AUROC") and lines[1].startswith("loop 1 text")
     metrics = json.loads((out / "metrics.json").read_text())
+    loops = json.loads((out / "loops.json").read_text())
+    assert [record["loop"] for record in loops] == [0, 1] and loops[1]["val/pixel_auroc"] == metrics["val/pixel_auroc"]
     assert yaml.safe_load((out / "config.yaml").read_text())["feedback"]["loops"] == 1
     evaluated = aaclip("evaluate", str(config_file), "--checkpoint", str(out / "checkpoint"), "--json",
                        "--set", "feedback.loops=1", home=aaclip_home)

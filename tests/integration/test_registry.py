@@ -7,6 +7,7 @@ server, an unreachable server, an empty model name: one line, exit 2, nothing wr
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,10 @@ def test_export_register_then_retrain_register(ray_cluster, mlflow_uri, study_ho
     final = yaml.safe_load((out / "metrics.json").read_text())
     assert retrain.data.metrics["test/pixel_auroc"] == pytest.approx(final["test/pixel_auroc"])
     assert [point.step for point in client.get_metric_history(retrain.info.run_id, "epoch")] == [1, 2]
+    loops = json.loads((out / "loops.json").read_text())  # the untrained start and the loop's end, as a trial's
+    curve = client.get_metric_history(retrain.info.run_id, "loop/val/pixel_auroc")
+    assert [(point.step, point.value) for point in curve] == \
+        [(record["loop"], pytest.approx(record["val/pixel_auroc"])) for record in loops]
     registered_model_matches(mlflow_uri, "2", load_adapters(out / "checkpoint"), best)
 
 

@@ -106,7 +106,8 @@ def check_run_contents(client: MlflowClient, runs: list) -> None:
     for run in runs:
         epochs = [point.step for point in client.get_metric_history(run.info.run_id, "epoch")]
         assert epochs == list(range(1, len(epochs) + 1)), f"{run.info.run_name}: epochs {epochs} (duplicated?)"
-        assert set(flatten(load_config("tiny").to_dict())) <= set(run.data.params)  # the whole flat config
+        settings = set(flatten(load_config("tiny").to_dict()))  # the whole flat config (the baseline: see below)
+        assert {key for key in settings if not key.startswith("cross_attention.")} <= set(run.data.params)
         assert run.data.params["model.name"] == "aaclip-tiny"
         for split in ("train", "val", "test"):  # which images the trial saw, for auditing selection vs test
             assert int(run.data.params[f"split.{split}.images"]) > 0
@@ -114,10 +115,29 @@ def check_run_contents(client: MlflowClient, runs: list) -> None:
         assert run.data.params["split.val.fingerprint"] != run.data.params["split.test.fingerprint"]
         artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "gradient_flow.png", "gallery", "best_adapters"} <= artifacts, artifacts
+        gallery = {item.path for item in client.list_artifacts(run.info.run_id, "gallery")}
+        assert "gallery/epoch-0000.png" in gallery, "the untrained model's maps"
+        check_loop_curves(client, run)
         assert client.list_artifacts(run.info.run_id, "best_adapters")[0].path == "best_adapters/adapters.pt"
         if run.data.tags["aaclip.outcome"] == "completed":
             assert [p.step for p in client.get_metric_history(run.info.run_id, "val/pixel_auroc")] == [2, 4]
             assert run.data.metrics["loop"] == 2
+
+
+def check_loop_curves(client: MlflowClient, run) -> None:
+    """loop/* curves: one point per loop from 0 (untrained), none twice although the driver was killed."""
+    def history(key: str) -> dict[int, float]:
+        points = client.get_metric_history(run.info.run_id, key)
+        assert len({point.step for point in points}) == len(points), f"{run.info.run_name}: {key} twice"
+        return {point.step: point.value for point in points}
+
+    loops, per_epoch = history("loop/val/pixel_auroc"), history("val/pixel_auroc")
+    assert sorted(loops) == list(range(len(loops))) and 0 in loops, f"{run.info.run_name}: loops {sorted(loops)}"
+    for loop, epoch in history("loop/epoch").items():  # a loop's end is the evaluation of its last epoch
+        assert loop == 0 and epoch == 0 or loops[loop] == per_epoch[int(epoch)]
+    assert run.data.tags["aaclip.schedule"] == "loop 1: text 1, image 2 · loop 2: text 3, image 4"
+    if run.data.tags["aaclip.outcome"] == "completed":
+        assert sorted(loops) == [0, 1, 2]
 
 
 def check_baseline(runs: list) -> None:
@@ -126,6 +146,12 @@ def check_baseline(runs: list) -> None:
     baseline = baselines[0]
     assert baseline.info.run_name == f"{NAME}-baseline"
     assert baseline.data.params["cross_attention.enabled"] == "false"
+    # Nothing of cross-attention but that it is off: no scale, heads or start loop as params, no scale curve.
+    assert [key for key in baseline.data.params if key.startswith("cross_attention.")] == ["cross_attention.enabled"]
+    assert not [key for key in baseline.data.metrics if key.startswith(("scale/", "loop/scale/"))]
+    searched = [run for run in runs if run is not baseline]
+    settings = set(flatten(load_config("tiny").to_dict()))
+    assert all(settings <= set(run.data.params) and "scale/image" in run.data.metrics for run in searched)
     assert baseline.data.tags["aaclip.outcome"] == "completed"  # ASHA never stops the reference
 
 

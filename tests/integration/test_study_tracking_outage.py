@@ -103,5 +103,6 @@ def check_study(client: MlflowClient, name: str) -> None:
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "gradient_flow.png", "gallery", "best_adapters"} <= artifacts, artifacts
     galleries = {item.path for item in client.list_artifacts(run.info.run_id, "gallery")}
-    assert galleries == {"gallery/epoch-0005.png", "gallery/epoch-0010.png"}
+    assert galleries == {"gallery/epoch-0000.png", "gallery/epoch-0005.png", "gallery/epoch-0010.png"}
+    assert [p.step for p in client.get_metric_history(run.info.run_id, "loop/val/pixel_auroc")] == [0, 1, 2]
     assert {row.state for row in study_status(client, name).trials} == {"completed"}

@@ -61,7 +61,10 @@ def check_evaluation_logged(client: MlflowClient, run) -> None:
     assert float(run.data.tags["aaclip.best_value"]) == pytest.approx(best.value)
     assert run.data.tags["aaclip.best_epoch"] == str(best.step)
     galleries = {item.path for item in client.list_artifacts(run.info.run_id, "gallery")}
-    assert galleries == {"gallery/epoch-0011.png", "gallery/epoch-0022.png"}
+    assert galleries == {"gallery/epoch-0000.png", "gallery/epoch-0011.png", "gallery/epoch-0022.png"}
+    loops = client.get_metric_history(run.info.run_id, "loop/val/pixel_auroc")  # from the untrained start, once each
+    assert [(p.step, p.value) for p in loops][1:] == [(1, objective[0].value), (2, objective[1].value)]
+    assert [p.step for p in loops] == [0, 1, 2]
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"gradient_flow.png", "best_adapters", "config.yaml"} <= artifacts
 

@@ -1,5 +1,6 @@
 """Training on the tiny backbone and real generated files: what each stage trains, bit-for-bit resume,
-the feature cache, starting from base adapters, and checkpoints that are refused."""
+the loop records (loop 0 untrained, every loop's end), the feature cache, starting from base adapters, and
+checkpoints that are refused."""
 from __future__ import annotations
 
 import json
@@ -67,7 +68,7 @@ class Interrupted(Exception):
     pass
 
 
-def interrupt_and_resume(config: TrainConfig, tmp_path: Path, at_epoch: int):
+def interrupt_and_resume(config: TrainConfig, tmp_path: Path, at_epoch: int, on_loop=None):
     """Stop a fit right after epoch `at_epoch` (its checkpoint kept), then resume it in a fresh out_dir."""
     def stop(metrics: dict, checkpoint: Path) -> None:
         if metrics["epoch"] == at_epoch:
@@ -76,7 +77,7 @@ def interrupt_and_resume(config: TrainConfig, tmp_path: Path, at_epoch: int):
 
     with pytest.raises(Interrupted):
         fit(config, out_dir=tmp_path / "first", on_epoch=stop)
-    return fit(config, out_dir=tmp_path / "second", resume=tmp_path / "saved")
+    return fit(config, out_dir=tmp_path / "second", resume=tmp_path / "saved", on_loop=on_loop)
 
 
 # Epoch 2: mid Stage 2 of loop 1 (optimizer moments and the lr schedule in flight; the text optimizer saved with
@@ -85,8 +86,13 @@ def interrupt_and_resume(config: TrainConfig, tmp_path: Path, at_epoch: int):
 def test_interrupted_fit_resumes_bit_for_bit(tiny_config: TrainConfig, tmp_path: Path, at_epoch: int) -> None:
     config = with_overrides(tiny_config, **{"feedback.image_epochs": 2, "eval.every": "epoch"})
     whole = fit(config, out_dir=tmp_path / "whole")
-    resumed = interrupt_and_resume(config, tmp_path, at_epoch=at_epoch)
+    told = []
+    resumed = interrupt_and_resume(config, tmp_path, at_epoch=at_epoch, on_loop=told.append)
     assert comparable(resumed.history) == comparable(whole.history)
+    # Loop 0 and the loops ended before the interruption come from the checkpoint; the resumed run reports only
+    # the loops it ends itself (epoch 3 ends loop 1: its record was told before that epoch's checkpoint).
+    assert resumed.loops == whole.loops and [r["loop"] for r in whole.loops] == [0, 1, 2]
+    assert told == [record for record in whole.loops if record["epoch"] > at_epoch]
     final_whole, final_resumed = load_adapters(tmp_path / "whole/checkpoint"), load_adapters(
         tmp_path / "second/checkpoint")
     assert final_whole.keys() == final_resumed.keys()
@@ -108,6 +114,32 @@ def test_fit_reports_the_documented_metrics(tiny_config: TrainConfig, tmp_path: 
     written = json.loads((tmp_path / "run/metrics.json").read_text())
     assert written["split.val.images"] == 18 and written["split.train.images"] == 18  # 3 classes x (3 + 3)
     assert len(written["split.val.fingerprint"]) == 16 and "split.test.images" not in written  # no data.test
+
+
+def test_loop_zero_is_the_untrained_model_and_changes_no_trained_number(tiny_config: TrainConfig,
+                                                                        tmp_path: Path) -> None:
+    config = with_overrides(tiny_config, **{"cross_attention.dropout": 0.2})  # training draws from torch's RNG
+    told = []
+    result = fit(config, out_dir=tmp_path / "run", on_loop=told.append)
+    without = fit(with_overrides(config, **{"eval.loop0": False}), out_dir=tmp_path / "without")
+    # The evaluation before training forks the RNG: every epoch's numbers are the same as without it.
+    assert comparable(result.history) == comparable(without.history)
+    assert [(r["loop"], r["epoch"]) for r in result.loops] == [(0, 0), (1, 2), (2, 4)]
+    assert [(r["loop"], r["epoch"]) for r in without.loops] == [(1, 2), (2, 4)]
+    assert told == result.loops == json.loads((tmp_path / "run/loops.json").read_text())
+    untrained = build_session(config).evaluate(loop=0)
+    assert {k: v for k, v in result.loops[0].items() if k.startswith("val/")} == untrained
+    assert result.loops[0]["scale/image"] == pytest.approx(tiny_config.cross_attention.image_scale.init)  # fp32
+    for record in result.loops[1:]:  # a loop's end is its last epoch's evaluation and scales
+        epoch = result.history[int(record["epoch"]) - 1]
+        assert record == {k: v for k, v in epoch.items() if k in record} and "val/pixel_auroc" in record
+
+
+def test_without_cross_attention_no_scale_is_reported(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    config = with_overrides(tiny_config, **{"cross_attention.enabled": False, "feedback.loops": 1})
+    result = fit(config, out_dir=tmp_path / "run")
+    reported = set().union(*(m.keys() for m in result.history + result.loops))
+    assert "val/pixel_auroc" in reported and not {k for k in reported if k.startswith("scale/")}
 
 
 def test_feature_cache_matches_fresh_computation(tiny_config: TrainConfig, tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ import pytest
 from aaclip.config import FeedbackConfig, OptimConfig
 from aaclip.data.records import Record
 from aaclip.evaluate import evaluation_subset
-from aaclip.schedule import IMAGE, TEXT, StagePlan, feedback_plan, loop_lr, lr_factor
+from aaclip.schedule import (IMAGE, TEXT, StagePlan, describe_epochs, feedback_plan, loop_lr, loop_progress,
+                             lr_factor)
 
 
 def test_reference_feedback_v1_epochs_and_lr_decay() -> None:
@@ -20,6 +21,19 @@ def test_reference_feedback_v1_epochs_and_lr_decay() -> None:
 def test_text_epochs_zero_skips_stage_one() -> None:
     assert feedback_plan(FeedbackConfig(loops=2, text_epochs=0, image_epochs=3, epoch_decay=1.0)) == [
         StagePlan(1, IMAGE, 3), StagePlan(2, IMAGE, 3)]
+
+
+def test_the_epochs_of_each_stage_are_described_by_global_epoch() -> None:
+    plan = feedback_plan(FeedbackConfig(loops=3, text_epochs=2, image_epochs=4, epoch_decay=0.5))
+    assert describe_epochs(plan) == ("loop 1: text 1-2, image 3-6 · loop 2: text 7, image 8-9 · "
+                                     "loop 3: text 10, image 11")
+    assert describe_epochs(feedback_plan(FeedbackConfig(loops=2, text_epochs=0, image_epochs=1))) == \
+        "loop 1: image 1 · loop 2: image 2"
+
+
+def test_loop_progress_puts_each_loop_end_on_a_whole_number() -> None:
+    plan = feedback_plan(FeedbackConfig(loops=2, text_epochs=1, image_epochs=3, epoch_decay=0.5))  # 1+3, 1+2
+    assert [loop_progress(plan, epoch) for epoch in range(8)] == pytest.approx([0, 0.25, 0.5, 0.75, 1, 4 / 3, 5 / 3, 2])
 
 
 def test_multistep_halves_at_the_milestone_fractions() -> None:

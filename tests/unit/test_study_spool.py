@@ -11,7 +11,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from aaclip.config import flatten, load_config
+from aaclip.config import apply_overrides, flatten, load_config, validate_config
 from study.spool import Spool, Tracker, batch_op
 from study.tracking import TrialRun
 
@@ -103,6 +103,31 @@ def test_reopened_run_logs_missing_params_and_redoes_an_unmarked_epoch(store, tm
     run.mark_epoch(1)
     assert not run.log_epoch({"epoch": 1.0})
     assert client.get_run(run_id).data.tags["aaclip.last_epoch"] == "1"
+
+
+def test_loop_records_logged_once_at_step_loop_and_no_scale_params_without_cross_attention(store, tmp_path):
+    uri, client, experiment = store
+    off = validate_config(apply_overrides(load_config("tiny").to_dict(), {"cross_attention.enabled": False}))
+    tracker = Tracker(lambda: MlflowClient(tracking_uri=uri), Spool(tmp_path / "spool"), wait_s=1.0)
+
+    def attempt() -> TrialRun:
+        return TrialRun.open(tracker, experiment_id=experiment, parent_run_id="p", study="s", trial_id="loops",
+                             trial_name="s-baseline", config=off, baseline=True)
+
+    run = attempt()
+    params = client.get_run(run.run_id).data.params
+    assert params["cross_attention.enabled"] == "false" and "seed" in params
+    assert not [key for key in params if key.startswith("cross_attention.") and key != "cross_attention.enabled"]
+    untrained = {"loop": 0.0, "epoch": 0.0, "val/pixel_auroc": 40.0}
+    assert run.log_loop(untrained)
+    again = attempt()  # restarted without a checkpoint: fit evaluates loop 0 again, and it is not logged twice
+    assert again.run_id == run.run_id and again.loops_through == 0 and not again.log_loop(untrained)
+    assert again.log_loop({"loop": 1.0, "epoch": 3.0, "val/pixel_auroc": 55.0, "val/image_auroc": float("nan")})
+    assert not again.log_loop({"loop": 1.0, "epoch": 3.0, "val/pixel_auroc": 55.0})  # the loop end's epoch redone
+    history = client.get_metric_history(run.run_id, "loop/val/pixel_auroc")
+    assert [(point.step, point.value) for point in history] == [(0, 40.0), (1, 55.0)]
+    assert [(p.step, p.value) for p in client.get_metric_history(run.run_id, "loop/epoch")] == [(0, 0.0), (1, 3.0)]
+    assert {key for key in client.get_run(run.run_id).data.metrics} == {"loop/epoch", "loop/val/pixel_auroc"}
 
 
 def test_a_line_torn_by_a_killed_writer_is_skipped(store, tmp_path):
