@@ -4,6 +4,7 @@
     space.py      search space -> Optuna define-by-run function, grid points
     searcher.py   OptunaSearch that tells pruned/failed trials truthfully; the baseline trial first
     trainable.py  one trial = one aaclip.train.fit, reported to Tune and logged to MLflow from the worker
+    record.py     the study's record: tags, trial outcomes, the best trial, a study rebuilt from its parent run
     tracking.py   MLflow parent/child runs found by tags (idempotent per trial)
     guard.py      gradient guard stopper; callbacks.py: outcomes to MLflow, progress lines
     launch.py     run and resume (Ray, tracking server, Tuner); server.py: the embedded MLflow server

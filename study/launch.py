@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,9 +30,10 @@ from study.guard import GradientGuard
 from study.driver import run_phase, study_session
 from study.locks import file_lock
 from study.preflight import check_launch_targets
+from study.record import BASE_ARTIFACT, SPEC_ARTIFACT, Tag, parent_tags, study_from_parent
 from study.searcher import INDEX_KEY, BaselineFirst, StudyOptunaSearch, is_baseline
 from study.server import resolve_tracking_uri
-from study.spec import Study, parse_study
+from study.spec import Study
 from study.spool import replay_all, spool_root
 from study.tracking import (
     create_parent_run, ensure_experiment, find_parent_run, recorded_outcomes, require_parent_run,
@@ -280,7 +280,7 @@ def _abandon_launch(client, parent_run_id: str, study: Study, made_folder: Path 
     is free for the next launch."""
     if made_folder is not None:
         shutil.rmtree(made_folder, ignore_errors=True)
-    client.set_tag(parent_run_id, "aaclip.launch", "failed")
+    client.set_tag(parent_run_id, Tag.LAUNCH, "failed")
     client.set_terminated(parent_run_id, status="FAILED")
     client.delete_run(parent_run_id)
     url = optuna_storage_url(study)
@@ -298,10 +298,7 @@ def _refuse_existing_optuna_study(study: Study) -> None:
 
 def _create_parent(client, study: Study, experiment_id: str, experiment_path: str) -> str:
     spec = study.spec
-    tags = {"aaclip.storage_path": experiment_path, "aaclip.optuna_storage": without_password(optuna_storage_url(study)),
-            "aaclip.objective": spec.objective.metric, "aaclip.mode": spec.objective.mode,
-            "aaclip.time_attr": spec.scheduler.time_attr, "aaclip.spec_source": study.source,
-            "aaclip.space_keys": ",".join(spec.space)}
+    tags = parent_tags(study, experiment_path, without_password(optuna_storage_url(study)))
     params = {"objective": spec.objective.metric, "mode": spec.objective.mode, "base": spec.base,
               "searcher": spec.searcher.kind, "sampler": spec.searcher.sampler, "seed": spec.searcher.seed,
               "scheduler": spec.scheduler.kind, "num_samples": study.num_samples(), "baseline": spec.baseline,
@@ -310,8 +307,8 @@ def _create_parent(client, study: Study, experiment_id: str, experiment_path: st
     run_id = create_parent_run(client, experiment_id, study.name, tags, params)
     save_study_view(client, experiment_id, study.name, spec.objective.metric, spec.objective.mode,
                     list(spec.space))
-    client.log_text(run_id, study.to_yaml(), "study/spec.yaml")
-    client.log_text(run_id, yaml.safe_dump(study.base_data, sort_keys=False), "study/base.yaml")
+    client.log_text(run_id, study.to_yaml(), SPEC_ARTIFACT)
+    client.log_text(run_id, yaml.safe_dump(study.base_data, sort_keys=False), BASE_ARTIFACT)
     return run_id
 
 
@@ -341,18 +338,6 @@ def _run_phases(tuner: tune.Tuner, study: Study, context: TrialContext, experime
                     experiment_path, len(search) + confirm_trials, len(search.errors) + confirm_errors)
 
 
-def study_from_parent(client, parent) -> Study:
-    """The study exactly as launched: its spec and resolved base, as logged to the parent run."""
-    with tempfile.TemporaryDirectory() as folder:
-        spec_file = client.download_artifacts(parent.info.run_id, "study/spec.yaml", folder)
-        base_file = client.download_artifacts(parent.info.run_id, "study/base.yaml", folder)
-        data = yaml.safe_load(Path(spec_file).read_text())
-        data["base"], data["overrides"] = str(base_file), {}
-        study = parse_study(data, source=parent.data.tags.get("aaclip.spec_source", "spec"))
-        study.base_config  # noqa: B018 - resolved while the files exist
-    return study
-
-
 def _restore_scheduler(tuner: tune.Tuner, study: Study, client, parent, echo: Echo) -> None:
     """What Ray's saved state lacks (fresh driver callbacks aside: study/driver.py): ASHA's rungs as MLflow
     recorded them, and the trials whose end is on record already (their decisions stand)."""
@@ -372,7 +357,7 @@ def resume_study(name: str, *, address: str | None = None, tracking_uri: str | N
     client = tracking_client(uri)
     parent = require_parent_run(client, name)
     study = study_from_parent(client, parent)
-    experiment_path = parent.data.tags["aaclip.storage_path"]
+    experiment_path = parent.data.tags[Tag.STORAGE_PATH]
     if not tune.Tuner.can_restore(experiment_path):
         raise StudyError(f"study {name!r}: no Ray experiment state in {experiment_path} to resume from")
     started = connect_ray(address)

@@ -29,15 +29,15 @@ from mlflow.tracking import MlflowClient
 
 from aaclip.config import TrainConfig, flatten
 from study.errors import StudyError
+from study.record import Outcome, Tag, recorded_outcome, run_status
 from study.server import current_uri
 from study.spool import Spool, Tracker, batch_op
 
-ROLE, STUDY, TRIAL_ID = "aaclip.role", "aaclip.study", "aaclip.trial_id"
+# The layout's tags under the names the project imports from here (study/record.py owns every tag).
+ROLE, STUDY, TRIAL_ID, OUTCOME_BY = Tag.ROLE, Tag.STUDY, Tag.TRIAL_ID, Tag.OUTCOME_BY
+HEARTBEAT, DRIVER_STATE = Tag.HEARTBEAT, Tag.DRIVER
 PARENT = "mlflow.parentRunId"
-HEARTBEAT = "aaclip.heartbeat"  # unix seconds of the driver's last pulse on the parent run
 HEARTBEAT_EVERY_S, HEARTBEAT_STALE_S = 20.0, 120.0  # status calls a driver silent for longer dead
-DRIVER_STATE = "aaclip.driver"  # on the parent run: finished | interrupted | crashed, once the driver ends
-OUTCOME_BY = "aaclip.outcome_by"  # "driver": the recorded end of the trial (the worker's tag is provisional)
 BATCH = 100
 METRIC_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 HISTORY_KEYS = ("grad/text_adapter", "grad/text_cross_attn", "grad/image_adapter", "grad/image_cross_attn",
@@ -107,7 +107,7 @@ def save_study_view(client: MlflowClient, experiment_id: str, study: str, metric
     """The study's view of the runs table: its runs, best objective first, with the objective, the outcome,
     the rung a pruned trial stopped at and the searched params as columns."""
     state = {**view_search(study, metric, mode), "orderByAsc": mode == "min",
-             "selectedColumns": [f"metrics.`{metric}`", "tags.`aaclip.outcome`", f"tags.`{PRUNED_AT}`",
+             "selectedColumns": [f"metrics.`{metric}`", f"tags.`{Tag.OUTCOME}`", f"tags.`{Tag.PRUNED_AT}`",
                                  *(f"params.`{key}`" for key in space_keys)]}
     client.set_experiment_tag(experiment_id, SHARED_VIEW + study, json.dumps(state))
 
@@ -207,18 +207,6 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
-FINAL_OUTCOMES = ("completed", "pruned", "stopped", "failed")
-PRUNED_AT = "aaclip.pruned_at"  # on a pruned trial's run: the rung it stopped at, e.g. "loop 1"
-# A pruned trial did what ASHA asked of it: FINISHED, told from a completed one by its outcome tag, never shown
-# with the red cross of a crash. A guard-stopped or interrupted trial did not run as planned: KILLED.
-RUN_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}
-
-
-def run_status(outcome: str) -> str:
-    """The MLflow run status that a trial's recorded outcome ends its run with."""
-    return RUN_STATUS.get(outcome, "KILLED")
-
-
 class TrialRun:
     """The child run of one trial, opened (or reopened) from the process that runs the trial.
 
@@ -241,7 +229,7 @@ class TrialRun:
              tags: dict[str, str] | None = None) -> TrialRun:
         tracker.drain()  # what a killed attempt spooled counts before the markers are read
         tags = {ROLE: role, STUDY: study, TRIAL_ID: trial_id, PARENT: parent_run_id,
-                "aaclip.baseline": str(baseline).lower(), **(tags or {})}
+                Tag.BASELINE: str(baseline).lower(), **(tags or {})}
 
         def find_or_create(client: MlflowClient):  # searched again on every retry: one run per trial
             run = find_trial_run(client, experiment_id, study, trial_id)
@@ -258,14 +246,14 @@ class TrialRun:
                            "artifact_file": "config.yaml"})
         run_tags = run.data.tags
         epochs = tracker.read(lambda client: client.get_metric_history(run_id, "epoch"), "reading the run")
-        trial_run = cls(tracker, run_id, int(run_tags.get("aaclip.last_epoch", 0)),
+        trial_run = cls(tracker, run_id, int(run_tags.get(Tag.LAST_EPOCH, 0)),
                         max((point.step for point in epochs), default=0))
         # The driver recorded this trial's end already (a resumed study runs it again): a re-run does not undo it.
-        ended = run_tags.get(OUTCOME_BY) == "driver" and run_tags.get("aaclip.outcome") in FINAL_OUTCOMES
+        ended = recorded_outcome(run_tags) is not None
         if not ended:
             tracker.write({"op": "status", "run_id": run_id, "status": "RUNNING"})
-        trial_run.set_tags({"aaclip.node": _node(), "aaclip.worker_pid": str(os.getpid()),
-                            **({} if ended else {"aaclip.outcome": "running"})})
+        trial_run.set_tags({Tag.NODE: _node(), Tag.WORKER_PID: str(os.getpid()),
+                            **({} if ended else {Tag.OUTCOME: Outcome.RUNNING})})
         return trial_run
 
     def set_tags(self, tags: dict[str, Any]) -> None:
@@ -288,7 +276,7 @@ class TrialRun:
 
     def mark_epoch(self, epoch: int) -> None:
         """Everything of this epoch is written (or spooled, which keeps the order): move the marker last."""
-        self.set_tags({"aaclip.last_epoch": epoch})
+        self.set_tags({Tag.LAST_EPOCH: epoch})
         self.last_epoch = epoch
 
     def metric_history(self, keys: tuple[str, ...] = HISTORY_KEYS) -> list[dict[str, float]]:
@@ -304,7 +292,7 @@ class TrialRun:
 
     def best_value(self) -> float | None:
         run = self.tracker.read(lambda client: client.get_run(self.run_id), "reading the run")
-        text = run.data.tags.get("aaclip.best_value")
+        text = run.data.tags.get(Tag.BEST_VALUE)
         return float(text) if text else None
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
@@ -340,20 +328,20 @@ def mark_trial_outcome(client: MlflowClient, experiment_id: str, study: str, tri
     run = find_trial_run(client, experiment_id, study, trial_id)
     if run is None:
         return
-    tags = run.data.tags
-    if tags.get(OUTCOME_BY) == "driver" and tags.get("aaclip.outcome") in FINAL_OUTCOMES:
-        outcome = tags["aaclip.outcome"]
+    recorded = recorded_outcome(run.data.tags)
+    if recorded is not None:
+        outcome = recorded
     else:
-        items = [RunTag("aaclip.outcome", outcome), RunTag(OUTCOME_BY, "driver")]
+        items = [RunTag(Tag.OUTCOME, outcome), RunTag(Tag.OUTCOME_BY, "driver")]
         if reason:
-            items.append(RunTag("aaclip.stop_reason", reason[:8000]))
-        if outcome == "pruned" and rung:
-            items.append(RunTag(PRUNED_AT, rung))
+            items.append(RunTag(Tag.STOP_REASON, reason[:8000]))
+        if outcome == Outcome.PRUNED and rung:
+            items.append(RunTag(Tag.PRUNED_AT, rung))
         client.log_batch(run.info.run_id, tags=items)
     client.set_terminated(run.info.run_id, status=run_status(outcome))
 
 
 def recorded_outcomes(client: MlflowClient, parent) -> dict[str, str]:
     """trial id -> the outcome the driver recorded, for every trial whose end is on record."""
-    return {run.data.tags[TRIAL_ID]: run.data.tags["aaclip.outcome"] for run in trial_runs(client, parent)
-            if run.data.tags.get(OUTCOME_BY) == "driver" and run.data.tags.get("aaclip.outcome") in FINAL_OUTCOMES}
+    recorded = {run.data.tags[TRIAL_ID]: recorded_outcome(run.data.tags) for run in trial_runs(client, parent)}
+    return {trial_id: outcome for trial_id, outcome in recorded.items() if outcome is not None}

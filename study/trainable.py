@@ -24,7 +24,8 @@ from study.callbacks import remove_scratch
 from study.devices import require_cuda_for_assigned_gpus
 from study.mlflow_env import CLIENT_SETTINGS
 from study.plots import gradient_flow_plot
-from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline, run_identity
+from study.record import COMPLETED_KEY, Outcome, Tag
+from study.searcher import OPTUNA_KEY, is_baseline, run_identity
 from study.spec import Study, planned_epochs
 from study.spool import batch_op, spool_root
 from study.tracking import Connector, TrialRun, numeric_metrics
@@ -76,7 +77,7 @@ def trial_config(study: Study, config: dict[str, Any]) -> TrainConfig:
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune function trainable (wrapped with tune.with_parameters(run_trial, context=...))."""
     context.apply_environment()
-    tags = {"aaclip.optuna_trial": str(config[OPTUNA_KEY])} if OPTUNA_KEY in config else {}
+    tags = {Tag.OPTUNA_TRIAL: str(config[OPTUNA_KEY])} if OPTUNA_KEY in config else {}
     train_and_report(context, trial_config(context.study, config), baseline=is_baseline(config), tags=tags)
 
 
@@ -153,7 +154,7 @@ class EpochReporter:
             if self.objective.metric in metrics:
                 self.log_evaluation(metrics, checkpoint_dir)
             if completed:
-                self.run.set_tags({"aaclip.outcome": "completed"})
+                self.run.set_tags({Tag.OUTCOME: Outcome.COMPLETED})
             self.run.mark_epoch(int(metrics["epoch"]))  # last: a restart redoes whatever came before it
         report = {**numeric_metrics(metrics), **self.identity}
         if completed:
@@ -174,13 +175,13 @@ class EpochReporter:
         if math.isfinite(value) and (self.best is None or self.improves(value)):
             self.best = value
             self.run.log_file(Path(checkpoint_dir) / "adapters.pt", "best_adapters")
-            self.run.set_tags({"aaclip.best_value": repr(value), "aaclip.best_epoch": epoch})
+            self.run.set_tags({Tag.BEST_VALUE: repr(value), Tag.BEST_EPOCH: epoch})
 
     def record_warnings(self) -> None:
         """What the trial found suspicious (a class without anomalies, NaN metrics), on its run, by name."""
         notes = recorded()
         if len(notes) > self.warned:
-            self.run.set_tags({"aaclip.warnings": "\n".join(notes)[:MAX_TAG_CHARS]})
+            self.run.set_tags({Tag.WARNINGS: "\n".join(notes)[:MAX_TAG_CHARS]})
             self.warned = len(notes)
 
     def improves(self, value: float) -> bool:
