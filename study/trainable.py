@@ -43,6 +43,13 @@ FORWARDED_ENV = (
 TRACKING_SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
+def forwarded_environment(*, secrets: bool) -> dict[str, str]:
+    """The driver's FORWARDED_ENV variables that are set: with `secrets` for the TrialContext, without them for
+    Ray's runtime_env (study/cluster.py connect_ray)."""
+    return {name: os.environ[name] for name in FORWARDED_ENV
+            if name in os.environ and (secrets or name not in TRACKING_SECRETS)}
+
+
 @dataclass
 class TrialContext:
     """What every trial needs besides its sampled point; passed with tune.with_parameters (re-sent on resume)."""
@@ -58,8 +65,8 @@ class TrialContext:
     @classmethod
     def from_driver(cls, study: Study, tracking_uri: str, experiment_id: str, parent_run_id: str,
                     aaclip_home: Path) -> TrialContext:
-        env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-        return cls(study, tracking_uri, experiment_id, parent_run_id, str(aaclip_home), env,
+        return cls(study, tracking_uri, experiment_id, parent_run_id, str(aaclip_home),
+                   forwarded_environment(secrets=True),
                    Connector.for_uri(tracking_uri, aaclip_home))
 
     def apply_environment(self) -> None:
