@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,7 +28,9 @@ from study.record import BASE_ARTIFACT, SPEC_ARTIFACT, Tag, parent_tags, study_f
 from study.server import resolve_tracking_uri
 from study.spec import Study
 from study.spool import replay_all, spool_root
-from study.storage import optuna_storage, optuna_storage_url, storage_root, without_password
+from study.storage import (
+    experiment_folder_exists, optuna_storage, optuna_storage_url, remove_tuner_state, storage_root, without_password,
+)
 from study.tracking import (
     create_parent_run, ensure_experiment, find_parent_run, require_parent_run, save_study_view, study_link,
     tracking_client,
@@ -77,14 +78,14 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
                              f"`aaclip-study resume {study.name}`, or start a new one with --name")
         _refuse_existing_optuna_study(study)
         experiment_id = ensure_experiment(client, study.spec.tracking.experiment or study.name)
-        folder_existed = "://" in experiment_path or Path(experiment_path).exists()
+        folder_existed = experiment_folder_exists(experiment_path)
         parent_run_id = _create_parent(client, study, experiment_id, experiment_path)
         try:
             context = TrialContext.from_driver(study, uri, experiment_id, parent_run_id, aaclip_home())
             tuner = make_tuner(study, context, root)
         except BaseException:
             with contextlib.suppress(Exception):  # best effort: the launch's own error is the one to show
-                _abandon_launch(client, parent_run_id, study, None if folder_existed else Path(experiment_path))
+                _abandon_launch(client, parent_run_id, study, experiment_path, folder_existed)
             raise
         echo(f"study {study.name}: MLflow runs at {printed_link(client, uri, experiment_id, study)}")
         echo(f"  searcher: optuna-dashboard {optuna_storage_url(study)}")
@@ -94,12 +95,12 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
             ray.shutdown()
 
 
-def _abandon_launch(client, parent_run_id: str, study: Study, made_folder: Path | None) -> None:
+def _abandon_launch(client, parent_run_id: str, study: Study, experiment_path: str, folder_existed: bool) -> None:
     """A launch that failed before its first trial: the parent run is marked FAILED and moved to MLflow's
-    trash, the Optuna study is deleted and the Ray experiment folder this launch made is removed, so the name
-    is free for the next launch."""
-    if made_folder is not None:
-        shutil.rmtree(made_folder, ignore_errors=True)
+    trash, the Optuna study is deleted and what the Tuner wrote to Ray's storage (a local folder or a bucket) is
+    removed, so the name is free for the next launch."""
+    with contextlib.suppress(OSError):  # a Tuner not yet built wrote nothing
+        remove_tuner_state(experiment_path, folder_existed)
     client.set_tag(parent_run_id, Tag.LAUNCH, "failed")
     client.set_terminated(parent_run_id, status="FAILED")
     client.delete_run(parent_run_id)

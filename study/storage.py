@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import optuna
+import pyarrow.fs
 from sqlalchemy.engine import make_url
 
 from aaclip.home import aaclip_home
@@ -22,6 +23,31 @@ def storage_root(storage: str | None) -> str:
     if storage and "://" in storage:
         return storage.rstrip("/")
     return str(Path(storage).expanduser().resolve() if storage else aaclip_home() / "ray_results")
+
+
+TUNER_STATE = "tuner.pkl"  # what building a Ray Tuner writes into its experiment folder (ray.tune.impl.tuner_internal)
+
+
+def _filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The filesystem Ray's storage uses for a local path or a URI (s3://, gs://, file://), and the path on it."""
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
+def experiment_folder_exists(experiment_path: str) -> bool:
+    filesystem, path = _filesystem(experiment_path)
+    return filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def remove_tuner_state(experiment_path: str, folder_existed: bool) -> None:
+    """Undo what building a Tuner wrote, locally or in a bucket alike: the experiment folder it made, or only its
+    state file in a folder that was there before (whatever else that folder holds is not this launch's)."""
+    filesystem, path = _filesystem(experiment_path)
+    if not folder_existed:
+        filesystem.delete_dir(path)
+    elif filesystem.get_file_info(f"{path}/{TUNER_STATE}").type == pyarrow.fs.FileType.File:
+        filesystem.delete_file(f"{path}/{TUNER_STATE}")
 
 
 OPTUNA_STORAGE_VARIABLE = "AACLIP_OPTUNA_STORAGE"  # keeps a database password out of the spec (docker/)
