@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from aaclip.metric_names import EVALUATION_METRICS
 from aaclip.outputs import creatable_folder_problem, write_text_atomically
 from study.errors import StudyError
 from study.record import (
@@ -35,7 +36,6 @@ from study.tracking import require_parent_run, trial_runs
 from study.verdict import Verdict, study_verdict
 
 STATES = {outcome: optuna.trial.TrialState[state] for outcome, state in OPTUNA_STATE.items()}
-CLASS_METRICS = ("pixel_auroc", "pixel_ap", "image_auroc", "image_ap", "pixel_aupro")
 
 
 def distribution(parameter: Parameter):
@@ -106,7 +106,7 @@ def class_table(best, baseline) -> list[tuple[str, str, float | None, float | No
     rows = []
     for key in sorted(best.data.metrics):
         parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "val" and parts[2] in CLASS_METRICS:
+        if len(parts) == 3 and parts[0] == "val" and parts[2] in EVALUATION_METRICS:
             base = baseline.data.metrics.get(key) if baseline is not None else None
             rows.append((parts[1], parts[2], best.data.metrics[key], base))
     return rows

@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from aaclip.config import TrainConfig, flatten
+from aaclip.metric_names import GRADIENT_NORMS, IMAGE_ADAPTER_SHARE
 from study.errors import StudyError
 from study.record import Outcome, Tag, recorded_outcome, run_status
 from study.server import current_uri
@@ -38,10 +39,9 @@ ROLE, STUDY, TRIAL_ID, OUTCOME_BY = Tag.ROLE, Tag.STUDY, Tag.TRIAL_ID, Tag.OUTCO
 HEARTBEAT, DRIVER_STATE = Tag.HEARTBEAT, Tag.DRIVER
 PARENT = "mlflow.parentRunId"
 HEARTBEAT_EVERY_S, HEARTBEAT_STALE_S = 20.0, 120.0  # status calls a driver silent for longer dead
-BATCH = 100
+BATCH = 100  # MLflow's limit of params or tags per log_batch call
 METRIC_BATCH = 1000  # MLflow's limit of metrics per log_batch call
-HISTORY_KEYS = ("grad/text_adapter", "grad/text_cross_attn", "grad/image_adapter", "grad/image_cross_attn",
-                "grad/image_adapter_share")  # MLflow's limit of params or tags per log_batch call
+HISTORY_KEYS = (*GRADIENT_NORMS, IMAGE_ADAPTER_SHARE)  # what a restarted trial's gradient-flow plot reads back
 
 
 def tracking_client(uri: str) -> MlflowClient:
