@@ -27,10 +27,9 @@ from ray import tune
 from aaclip.config import apply_overrides, read_yaml, validate_config
 from study.driver import run_phase
 from study.guard import GradientGuard
-from study.record import Tag, ranked_trials
+from study.record import Tag, ranked_trials, trial_runs
 from study.spec import Study
 from study.spool import Tracker, batch_op
-from study.tracking import trial_runs
 from study.trainable import TrialContext, train_and_report
 from study.verdict import Verdict, format_verdict, study_verdict
 

@@ -18,8 +18,7 @@ import yaml
 from aaclip.config import read_yaml, validate_config
 from aaclip.outputs import write_text_atomically
 from study.errors import StudyError
-from study.record import Tag, best_trial, is_baseline_run, objective_of
-from study.tracking import require_parent_run, trial_runs
+from study.record import Tag, best_trial, is_baseline_run, objective_of, require_parent_run, trial_runs
 from study.verdict import study_verdict
 
 UNCONFIRMED = ("the search's best single-seed trial: this study has no finished confirmation (spec `confirm:`), "

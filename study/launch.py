@@ -24,7 +24,9 @@ from study.confirm import confirm_study
 from study.driver import run_phase, study_session
 from study.errors import StudyError
 from study.preflight import check_launch_targets, preflight_data
-from study.record import BASE_ARTIFACT, SPEC_ARTIFACT, Tag, parent_tags, study_from_parent
+from study.record import (
+    BASE_ARTIFACT, SPEC_ARTIFACT, Tag, find_parent_run, parent_tags, require_parent_run, study_from_parent,
+)
 from study.server import resolve_tracking_uri
 from study.spec import Study
 from study.spool import replay_all, spool_root
@@ -32,8 +34,7 @@ from study.storage import (
     experiment_folder_exists, optuna_storage, optuna_storage_url, remove_tuner_state, storage_root, without_password,
 )
 from study.tracking import (
-    create_parent_run, ensure_experiment, find_parent_run, require_parent_run, save_study_view, study_link,
-    tracking_client,
+    create_parent_run, ensure_experiment, save_study_view, study_link, tracking_client,
 )
 from study.trainable import TrialContext
 from study.tuner import make_trainable, make_tuner, restore_scheduler

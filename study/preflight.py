@@ -14,6 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
+import pyarrow.fs
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from aaclip.data.checks import load_checked_records
 from aaclip.data.records import class_names
 from aaclip.outputs import creatable_folder_problem
@@ -40,16 +45,11 @@ def check_storage(root: str, source: str) -> None:
 
 
 def _read_uri(root: str) -> None:
-    import pyarrow.fs
-
     filesystem, path = pyarrow.fs.FileSystem.from_uri(root)
     filesystem.get_file_info(path)  # a read: reachability and credentials, nothing written
 
 
 def check_optuna_storage(url: str, source: str) -> None:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     where = f"{source}: searcher.storage"
     try:
         parsed = make_url(url)
@@ -68,8 +68,6 @@ def check_optuna_storage(url: str, source: str) -> None:
 
 
 def _connect(url: str) -> None:
-    from sqlalchemy import create_engine, text
-
     engine = create_engine(url, pool_pre_ping=False)
     try:
         with engine.connect() as connection:

@@ -1,9 +1,10 @@
 """The study's record in MLflow: what its runs carry, how a trial's end is named, which trial is best (DESIGN §9).
 
 One owner for the vocabulary that every part of a study reads and writes: the tags (`Tag`), the trial outcomes
-(`Outcome`) and the MLflow run status each ends with, how an ended Ray trial's outcome is decided, which trial
-is best, and how a study is rebuilt from its parent run. The launch writes the parent's tags, the trials and
-the driver write outcomes, and status, export, report, the confirmation and resume read them, all through here.
+(`Outcome`) and the MLflow run status each ends with, how an ended Ray trial's outcome is decided and recorded,
+which trial is best, how a study's runs are found, and how a study is rebuilt from its parent run. The launch
+writes the parent's tags, the trials and the driver write outcomes, and status, export, report, the confirmation
+and resume read them, all through here.
 
 Nothing here imports Ray or Optuna: `status`, `export` and `report` work from any machine that reaches the
 tracking server. Tags are strings on the wire: `Tag` and `Outcome` are StrEnums, equal to their values.
@@ -17,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mlflow.entities import RunTag
+from mlflow.tracking import MlflowClient
 
+from study.errors import StudyError
 from study.spec import Study, parse_study
 
 if sys.version_info >= (3, 11):
@@ -135,6 +139,35 @@ def is_baseline_run(run) -> bool:
     return run.data.tags.get(Tag.BASELINE) == "true"
 
 
+def mark_trial_outcome(client: MlflowClient, experiment_id: str, study: str, trial_id: str, *,
+                       outcome: str, reason: str = "", rung: str = "") -> None:
+    """Record how a trial ended, from the driver (a stopped worker cannot always close its own run).
+
+    The first outcome the driver records stands (Optuna, too, keeps its first verdict): a trial that a resumed
+    study runs again after its end was recorded keeps that end, so MLflow, Optuna and `status` agree.
+    """
+    run = find_trial_run(client, experiment_id, study, trial_id)
+    if run is None:
+        return
+    recorded = recorded_outcome(run.data.tags)
+    if recorded is not None:
+        outcome = recorded
+    else:
+        items = [RunTag(Tag.OUTCOME, outcome), RunTag(Tag.OUTCOME_BY, "driver")]
+        if reason:
+            items.append(RunTag(Tag.STOP_REASON, reason[:8000]))
+        if outcome == Outcome.PRUNED and rung:
+            items.append(RunTag(Tag.PRUNED_AT, rung))
+        client.log_batch(run.info.run_id, tags=items)
+    client.set_terminated(run.info.run_id, status=run_status(outcome))
+
+
+def recorded_outcomes(client: MlflowClient, parent) -> dict[str, str]:
+    """trial id -> the outcome the driver recorded, for every trial whose end is on record."""
+    recorded = {run.data.tags[Tag.TRIAL_ID]: recorded_outcome(run.data.tags) for run in trial_runs(client, parent)}
+    return {trial_id: outcome for trial_id, outcome in recorded.items() if outcome is not None}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The best trial
 
@@ -166,6 +199,51 @@ def best_and_baseline(runs: list, metric: str, mode: str):
     """The best completed searched run and the completed baseline run (each None if there is none)."""
     baseline = next((run for run in runs if is_baseline_run(run) and final_value(run, metric) is not None), None)
     return best_trial(runs, metric, mode), baseline
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding a study's runs: by tags, never remembered in memory (study/tracking.py says why)
+
+
+def _search(client: MlflowClient, experiment_ids: list[str], tags: dict[str, str]) -> list[Any]:
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    return client.search_runs(experiment_ids, filter_string=query, max_results=5000,
+                              order_by=["attributes.start_time ASC"])
+
+
+def _all_experiment_ids(client: MlflowClient) -> list[str]:
+    return [experiment.experiment_id for experiment in client.search_experiments()]
+
+
+def find_parent_run(client: MlflowClient, study: str, experiment_id: str | None = None):
+    """The study's parent run, or None."""
+    experiment_ids = [experiment_id] if experiment_id else _all_experiment_ids(client)
+    runs = _search(client, experiment_ids, {Tag.ROLE: "study", Tag.STUDY: study}) if experiment_ids else []
+    return runs[0] if runs else None
+
+
+def require_parent_run(client: MlflowClient, study: str):
+    run = find_parent_run(client, study)
+    if run is None:
+        raise StudyError(f"study {study!r}: not found on the tracking server {client.tracking_uri} "
+                         "(check the name, or pass the --tracking-uri the study ran with)")
+    return run
+
+
+def trial_runs(client: MlflowClient, parent) -> list[Any]:
+    """Every child run of a study, oldest first."""
+    return _search(client, [parent.info.experiment_id], {Tag.ROLE: "trial", Tag.STUDY: parent.data.tags[Tag.STUDY]})
+
+
+def runs_with_role(client: MlflowClient, parent, role: str) -> list[Any]:
+    """The study's child runs of one role (trial; confirm, twin or base for the confirmation), oldest first."""
+    return _search(client, [parent.info.experiment_id], {Tag.ROLE: role, Tag.STUDY: parent.data.tags[Tag.STUDY]})
+
+
+def find_trial_run(client: MlflowClient, experiment_id: str, study: str, trial_id: str):
+    """The child run of a Ray trial, whatever its role (search trials and confirmation runs alike)."""
+    runs = _search(client, [experiment_id], {Tag.STUDY: study, Tag.TRIAL_ID: trial_id})
+    return runs[0] if runs else None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from aaclip.metric_names import EVALUATION_METRICS
 from aaclip.outputs import creatable_folder_problem, write_text_atomically
 from study.errors import StudyError
 from study.record import (
-    OPTUNA_STATE, best_and_baseline, is_baseline_run, objective_of, outcome_of, study_from_parent,
+    OPTUNA_STATE, best_and_baseline, is_baseline_run, objective_of, outcome_of, require_parent_run,
+    study_from_parent, trial_runs,
 )
 from study.report_html import ReportPage
 from study.report_plots import (
@@ -32,7 +33,6 @@ from study.space import Parameter, SearchSpace
 from study.spool import apply
 from study.status import param_value
 from study.summary import summary_ops
-from study.tracking import require_parent_run, trial_runs
 from study.verdict import Verdict, study_verdict
 
 STATES = {outcome: optuna.trial.TrialState[state] for outcome, state in OPTUNA_STATE.items()}
@@ -80,6 +80,7 @@ MIN_TRIALS_FOR_IMPORTANCES = 5  # fANOVA on fewer completed trials ranks noise
 
 def importance_figure(study: optuna.Study) -> tuple[bytes | None, str]:
     """Optuna's parameter importances, or None and why they are not shown."""
+    # Lazy: this imports pyplot, which must come after study.report_plots chose the Agg backend (no display).
     from optuna.visualization import matplotlib as optuna_plots
 
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

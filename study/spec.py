@@ -6,6 +6,7 @@ ranges, log ranges touching 0, objectives the trainer never reports, validation 
 """
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -277,8 +278,6 @@ def _check_dotted_keys(keys: dict[str, Any], where: str) -> None:
 
 
 def _closest(key: str, known: set[str]) -> str:
-    import difflib
-
     match = difflib.get_close_matches(key, sorted(known), n=1)
     return f" (did you mean {match[0]}?)" if match else ""
 

@@ -11,8 +11,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from study.record import Outcome, Tag, is_baseline_run, objective_of, outcome_of, space_keys_of
-from study.tracking import HEARTBEAT_STALE_S, require_parent_run, study_link, trial_runs
+from study.record import (
+    Outcome, Tag, is_baseline_run, objective_of, outcome_of, require_parent_run, space_keys_of, trial_runs,
+)
+from study.tracking import HEARTBEAT_STALE_S, study_link
 from study.verdict import Verdict, format_verdict, study_verdict
 
 

@@ -15,11 +15,10 @@ from typing import Any
 from mlflow.entities import Metric
 
 from study.record import (
-    Outcome, Tag, best_and_baseline, is_baseline_run, objective_of, outcome_of, space_keys_of,
+    Outcome, Tag, best_and_baseline, is_baseline_run, objective_of, outcome_of, space_keys_of, trial_runs,
 )
 from study.spool import Tracker, batch_op
 from study.status import param_value, short_key, show_value
-from study.tracking import trial_runs
 from study.verdict import Verdict, format_verdict, study_verdict
 
 NOTE = "mlflow.note.content"  # MLflow's run description, rendered as markdown on the run page

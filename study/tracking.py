@@ -17,20 +17,21 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from aaclip.config import TrainConfig, flatten
 from aaclip.metric_names import GRADIENT_NORMS, IMAGE_ADAPTER_SHARE
 from study.errors import StudyError
-from study.record import Outcome, Tag, recorded_outcome, run_status
+from study.record import Outcome, Tag, find_trial_run, recorded_outcome
 from study.server import current_uri
 from study.spool import Spool, Tracker, batch_op
 
@@ -143,52 +144,11 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def _search(client: MlflowClient, experiment_ids: list[str], tags: dict[str, str]) -> list[Any]:
-    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
-    return client.search_runs(experiment_ids, filter_string=query, max_results=5000,
-                              order_by=["attributes.start_time ASC"])
-
-
-def _all_experiment_ids(client: MlflowClient) -> list[str]:
-    return [experiment.experiment_id for experiment in client.search_experiments()]
-
-
-def find_parent_run(client: MlflowClient, study: str, experiment_id: str | None = None):
-    """The study's parent run, or None."""
-    experiment_ids = [experiment_id] if experiment_id else _all_experiment_ids(client)
-    runs = _search(client, experiment_ids, {ROLE: "study", STUDY: study}) if experiment_ids else []
-    return runs[0] if runs else None
-
-
-def require_parent_run(client: MlflowClient, study: str):
-    run = find_parent_run(client, study)
-    if run is None:
-        raise StudyError(f"study {study!r}: not found on the tracking server {client.tracking_uri} "
-                         "(check the name, or pass the --tracking-uri the study ran with)")
-    return run
-
-
 def create_parent_run(client: MlflowClient, experiment_id: str, study: str, tags: dict[str, str],
                       params: dict[str, Any]) -> str:
     run = client.create_run(experiment_id, run_name=study, tags={ROLE: "study", STUDY: study, **tags})
     log_params(client, run.info.run_id, params)
     return run.info.run_id
-
-
-def trial_runs(client: MlflowClient, parent) -> list[Any]:
-    """Every child run of a study, oldest first."""
-    return _search(client, [parent.info.experiment_id], {ROLE: "trial", STUDY: parent.data.tags[STUDY]})
-
-
-def runs_with_role(client: MlflowClient, parent, role: str) -> list[Any]:
-    """The study's child runs of one role (trial; confirm, twin or base for the confirmation), oldest first."""
-    return _search(client, [parent.info.experiment_id], {ROLE: role, STUDY: parent.data.tags[STUDY]})
-
-
-def find_trial_run(client: MlflowClient, experiment_id: str, study: str, trial_id: str):
-    """The child run of a Ray trial, whatever its role (search trials and confirmation runs alike)."""
-    runs = _search(client, [experiment_id], {STUDY: study, TRIAL_ID: trial_id})
-    return runs[0] if runs else None
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
@@ -310,38 +270,9 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 
 
 def _node() -> str:
+    # Ray as the process has it: every trial's worker has imported it; status, export and report never do.
+    ray = sys.modules.get("ray")
     try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # outside Ray (tests, a local debug run): the host is the node
+        return ray.get_runtime_context().get_node_id() if ray is not None else socket.gethostname()
+    except Exception:  # outside a Ray worker (tests, a local debug run): the host is the node
         return socket.gethostname()
-
-
-def mark_trial_outcome(client: MlflowClient, experiment_id: str, study: str, trial_id: str, *,
-                       outcome: str, reason: str = "", rung: str = "") -> None:
-    """Record how a trial ended, from the driver (a stopped worker cannot always close its own run).
-
-    The first outcome the driver records stands (Optuna, too, keeps its first verdict): a trial that a resumed
-    study runs again after its end was recorded keeps that end, so MLflow, Optuna and `status` agree.
-    """
-    run = find_trial_run(client, experiment_id, study, trial_id)
-    if run is None:
-        return
-    recorded = recorded_outcome(run.data.tags)
-    if recorded is not None:
-        outcome = recorded
-    else:
-        items = [RunTag(Tag.OUTCOME, outcome), RunTag(Tag.OUTCOME_BY, "driver")]
-        if reason:
-            items.append(RunTag(Tag.STOP_REASON, reason[:8000]))
-        if outcome == Outcome.PRUNED and rung:
-            items.append(RunTag(Tag.PRUNED_AT, rung))
-        client.log_batch(run.info.run_id, tags=items)
-    client.set_terminated(run.info.run_id, status=run_status(outcome))
-
-
-def recorded_outcomes(client: MlflowClient, parent) -> dict[str, str]:
-    """trial id -> the outcome the driver recorded, for every trial whose end is on record."""
-    recorded = {run.data.tags[TRIAL_ID]: recorded_outcome(run.data.tags) for run in trial_runs(client, parent)}
-    return {trial_id: outcome for trial_id, outcome in recorded.items() if outcome is not None}

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import ray.tune
 
 from aaclip.config import TrainConfig
+from aaclip.data.splits import load_splits, split_summary
 from aaclip.notices import recorded
 from study.callbacks import remove_scratch
 from study.devices import require_cuda_for_assigned_gpus
@@ -91,8 +92,8 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseline: bool, role: str = "trial",
                      tags: dict[str, str] | None = None) -> None:
     """Train one configuration inside a Tune trial, logged to its (re)opened MLflow child run of `role`."""
-    from aaclip.data.splits import load_splits, split_summary
-    from aaclip.threads import configure_threads  # imported in the trial process only: torch is slow to import
+    # Lazy: torch (about 10 s with open_clip) is imported in the trial process only, never in the driver.
+    from aaclip.threads import configure_threads
     from aaclip.train import fit
 
     require_cuda_for_assigned_gpus()

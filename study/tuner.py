@@ -13,10 +13,10 @@ from ray.tune.search import ConcurrencyLimiter
 
 from study.asha_state import reported_history, restore_rungs
 from study.guard import GradientGuard
+from study.record import recorded_outcomes
 from study.searcher import INDEX_KEY, BaselineFirst, StudyOptunaSearch, is_baseline
 from study.spec import Study
 from study.storage import optuna_storage, optuna_storage_url
-from study.tracking import recorded_outcomes
 from study.trainable import TrialContext, run_trial
 
 Echo = Callable[..., None]

@@ -20,8 +20,7 @@ from typing import Any
 
 from scipy import stats
 
-from study.record import Tag, final_value, objective_of, space_keys_of
-from study.tracking import runs_with_role
+from study.record import Tag, final_value, objective_of, runs_with_role, space_keys_of
 
 CONFIRM_ROLES = ("confirm", "twin", "base")
 CONFIDENCE = 0.95

@@ -109,3 +109,16 @@ def test_reading_a_study_never_imports_ray() -> None:
                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_study_imports_at_the_top_but_for_its_documented_lazy_imports() -> None:
+    """Each lazy import in study/ keeps something slow out of a process that does not need it (a comment says
+    which): the CLI's commands, torch outside the trial process, pyplot after the Agg backend is chosen."""
+    lazy = {name: function_level_imports(path) for name, path in modules().items()
+            if name.startswith("study") and function_level_imports(path)}
+    assert lazy == {
+        "study.cli": {"study.server", "study.tracking", "study.spec", "study.launch", "study.status",
+                      "study.export", "study.report"},
+        "study.devices": {"torch"}, "study.report": {"optuna.visualization"},
+        "study.trainable": {"aaclip.threads", "aaclip.train"},
+    }

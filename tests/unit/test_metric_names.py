@@ -17,7 +17,8 @@ def test_the_documented_names():
     assert IMAGE_ADAPTER_SHARE == "grad/image_adapter_share"
     assert evaluation("pixel_auroc") == "val/pixel_auroc"
     assert evaluation("pixel_ap", "bottle", split="test") == "test/bottle/pixel_ap"
-    assert {"loop", "epoch", "scale/text", "scale/image", "lr/image", "time/epoch_s", "val/image_ap"} <= REPORTED_METRICS
+    documented = {"loop", "epoch", "scale/text", "scale/image", "lr/image", "time/epoch_s", "val/image_ap"}
+    assert documented <= REPORTED_METRICS
 
 
 def test_no_other_module_spells_a_metric_name():
