@@ -1,7 +1,7 @@
 """MLflow layout of a study: one parent run per study, one child run per trial (DESIGN §5).
 
-Runs are found by tags, never remembered in memory, so every process (the driver, a trial on another node, a
-restarted trial, `status` or `export` days later) reaches the same runs:
+Runs are found by tags (study/record.py, which names every tag), never remembered in memory, so every process
+(the driver, a trial on another node, a restarted trial, `status` or `export` days later) reaches the same runs:
 
     parent: aaclip.role=study, aaclip.study=<name>
     child:  aaclip.role=trial, aaclip.study=<name>, aaclip.trial_id=<Ray trial id>, mlflow.parentRunId=<parent>
