@@ -105,7 +105,7 @@ def run_status(outcome: str) -> str:
 
 
 def trial_outcome(result: dict[str, Any] | None, *, error: str | None = None, stop_reason: str | None = None,
-                  time_attr: str = "loop") -> tuple[Outcome, str]:
+                  time_attr: str = "") -> tuple[Outcome, str]:
     """(outcome, reason) of a trial that Ray ended, from its last result: failed (with the error), completed
     (the result says it ran its whole schedule), stopped (the guard's reason), else pruned by ASHA at its rung."""
     if error is not None:
