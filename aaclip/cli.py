@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from aaclip import metric_names as names
 from aaclip.command_line import invoke
 from aaclip.errors import AaclipError
 from aaclip.notices import show_as_one_line
@@ -43,14 +44,14 @@ def _config(config: str, overrides: Optional[list[str]]):
 
 def _progress(metrics: dict, checkpoint: Path) -> None:
     stage = "text " if metrics["stage"] == 1 else "image"
-    loss = metrics.get("train/text_loss", metrics.get("train/image_loss"))
+    loss = next(metrics[key] for key in names.LOSSES if key in metrics)
     line = (f"loop {int(metrics['loop'])} {stage} epoch {int(metrics['stage_epoch'])} "
-            f"loss {loss:.4f} {metrics['time/epoch_s']:.1f}s")
-    if "grad/image_adapter_share" in metrics:
-        line += f" adapter-grad-share {metrics['grad/image_adapter_share']:.3f}"
-    if "val/pixel_auroc" in metrics:
-        line += (f" | val pixel AUROC {metrics['val/pixel_auroc']:.2f} image AUROC "
-                 f"{metrics['val/image_auroc']:.2f}")
+            f"loss {loss:.4f} {metrics[names.EPOCH_SECONDS]:.1f}s")
+    if names.IMAGE_ADAPTER_SHARE in metrics:
+        line += f" adapter-grad-share {metrics[names.IMAGE_ADAPTER_SHARE]:.3f}"
+    pixel, image = names.evaluation("pixel_auroc"), names.evaluation("image_auroc")
+    if pixel in metrics:
+        line += f" | val pixel AUROC {metrics[pixel]:.2f} image AUROC {metrics[image]:.2f}"
     typer.echo(line)
 
 

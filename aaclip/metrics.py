@@ -12,6 +12,8 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from aaclip.metric_names import evaluation
+
 __all__ = ["minmax_normalise", "image_scores", "pixel_aupro", "class_metrics", "summarise"]
 
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap")
@@ -174,9 +176,9 @@ def summarise(per_class: dict[str, dict[str, float]], prefix: str = "val") -> di
     metric_names: dict[str, None] = {}  # ordered set, first appearance first
     for class_name, metrics in per_class.items():
         for metric, value in metrics.items():
-            summary[f"{prefix}/{class_name}/{metric}"] = float(value)
+            summary[evaluation(metric, class_name, split=prefix)] = float(value)
             metric_names[metric] = None
     for metric in metric_names:
         values = [metrics.get(metric, math.nan) for metrics in per_class.values()]
-        summary[f"{prefix}/{metric}"] = _nan_mean(values)
+        summary[evaluation(metric, split=prefix)] = _nan_mean(values)
     return summary

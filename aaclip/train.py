@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from aaclip import metric_names as names
 from aaclip.checkpoint import load_into, load_state, load_trained, read_base_adapters, save_checkpoint
 from aaclip.config import TrainConfig
 from aaclip.data.splits import split_summary
@@ -29,7 +30,7 @@ from aaclip.stages import STAGE_LOSSES
 
 EpochCallback = Callable[[dict[str, float], Path], None]
 LoopCallback = Callable[[dict[str, float]], None]
-STAGE_GROUPS = {TEXT: ("text_adapter", "text_cross_attn"), IMAGE: ("image_adapter", "image_cross_attn")}
+STAGE_GROUPS = {stage: names.groups(stage.part) for stage in (TEXT, IMAGE)}
 
 
 @dataclass
@@ -106,21 +107,21 @@ def run_epoch(session: Session, plan: StagePlan, optimizer: torch.optim.Optimize
     elapsed = time.perf_counter() - started
     metrics = epoch_metrics(plan, loss_sum, norm_sums, steps, images, nonfinite, elapsed, optimizer)
     if session.device.type == "cuda":  # sizes resources.gpu of a study (aaclip profile says more)
-        metrics["memory/cuda_peak_gb"] = torch.cuda.max_memory_allocated(session.device) / 2**30
+        metrics[names.CUDA_PEAK_GB] = torch.cuda.max_memory_allocated(session.device) / 2**30
     return metrics
 
 
 def epoch_metrics(plan: StagePlan, loss_sum: float, norm_sums: dict[str, float], steps: int, images: int,
                   nonfinite: int, elapsed: float, optimizer: torch.optim.Optimizer) -> dict[str, float]:
     name = plan.stage.part
-    mean_norms = {f"grad/{group}": total / max(1, steps - nonfinite) for group, total in norm_sums.items()}
-    metrics = {f"train/{name}_loss": loss_sum / max(1, steps), **mean_norms,
-               f"lr/{name}": optimizer.param_groups[0]["lr"], "train/nonfinite_steps": float(nonfinite),
-               "time/epoch_s": elapsed, "time/images_per_s": images / max(elapsed, 1e-9)}
+    mean_norms = {names.gradient_norm(group): total / max(1, steps - nonfinite) for group, total in norm_sums.items()}
+    metrics = {names.loss(name): loss_sum / max(1, steps), **mean_norms,
+               names.learning_rate(name): optimizer.param_groups[0]["lr"], names.NONFINITE_STEPS: float(nonfinite),
+               names.EPOCH_SECONDS: elapsed, names.IMAGES_PER_SECOND: images / max(elapsed, 1e-9)}
     if plan.stage == IMAGE:
-        adapter, cross = mean_norms["grad/image_adapter"], mean_norms["grad/image_cross_attn"]
+        adapter, cross = (mean_norms[names.gradient_norm(group)] for group in names.groups(name))
         total = math.hypot(adapter, cross)
-        metrics["grad/image_adapter_share"] = adapter / total if total > 0 else 1.0
+        metrics[names.IMAGE_ADAPTER_SHARE] = adapter / total if total > 0 else 1.0
     return metrics
 
 
@@ -218,7 +219,7 @@ def advance(position: Position, plan: StagePlan, steps_per_epoch: int) -> None:
 def position_metrics(session: Session, plan: StagePlan, position: Position) -> dict[str, float]:
     return {"loop": float(plan.loop), "stage": float(plan.stage), "epoch": float(position.epoch),
             "stage_epoch": float(position.epochs_done_in_stage), "step": float(position.step),
-            "loop_progress": loop_progress(feedback_plan(session.config.feedback), position.epoch),
+            names.LOOP_PROGRESS: loop_progress(feedback_plan(session.config.feedback), position.epoch),
             **scale_metrics(session)}
 
 
@@ -227,7 +228,8 @@ def scale_metrics(session: Session) -> dict[str, float]:
     if not session.config.cross_attention.enabled:
         return {}
     model = session.model
-    return {"scale/text": model.text_cross_attn.scale.item(), "scale/image": model.image_cross_attn.scale.item()}
+    return {names.scale("text"): model.text_cross_attn.scale.item(),
+            names.scale("image"): model.image_cross_attn.scale.item()}
 
 
 def ends_loop(plan: StagePlan, position: Position) -> bool:

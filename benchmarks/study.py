@@ -65,7 +65,7 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         os.environ["AACLIP_HOME"] = str(Path(folder) / "home")
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        from study.launch import preflight_data
+        from study.preflight import preflight_data
         from study.server import ensure_server, stop_server
         from study.spec import parse_study
 

@@ -4,9 +4,12 @@
     space.py      search space -> Optuna define-by-run function, grid points
     searcher.py   OptunaSearch that tells pruned/failed trials truthfully; the baseline trial first
     trainable.py  one trial = one aaclip.train.fit, reported to Tune and logged to MLflow from the worker
-    tracking.py   MLflow parent/child runs found by tags (idempotent per trial)
+    record.py     the study's record: tags, trial outcomes, the best trial, a study rebuilt from its parent run
+    tracking.py   MLflow client, links, the parent run and each trial's run (idempotent per trial)
     guard.py      gradient guard stopper; callbacks.py: outcomes to MLflow, progress lines
-    launch.py     run and resume (Ray, tracking server, Tuner); server.py: the embedded MLflow server
+    launch.py     run and resume; cluster.py: Ray connection and checks; tuner.py: the Tuner, ASHA, the searcher
+    storage.py    Ray results and the Optuna storage; preflight.py: checks before anything is written
+    server.py     the embedded MLflow server
     status.py, export.py, report.py, plots.py, cli.py (`aaclip-study`)
 """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from study.tracking import TRIAL_ID, trial_runs
+from study.record import Tag, trial_runs
 
 History = dict[str, list[tuple[float, float]]]  # trial id -> [(time attribute, objective)] in report order
 
@@ -22,7 +22,7 @@ def reported_history(client, parent, metric: str, time_attr: str) -> History:
         times = {point.step: point.value for point in client.get_metric_history(run.info.run_id, time_attr)}
         points = [(times[step], objective[step]) for step in sorted(objective) if step in times]
         if points:
-            history[run.data.tags[TRIAL_ID]] = points
+            history[run.data.tags[Tag.TRIAL_ID]] = points
     return history
 
 

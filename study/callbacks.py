@@ -2,7 +2,7 @@
 
 A trial that ASHA or the guard stops is killed with its worker, so it cannot close its own MLflow run; the
 driver does, with the reason (tag aaclip.stop_reason) that `status` shows. A pruned trial's run ends FINISHED
-with outcome `pruned` and its rung (tag aaclip.pruned_at): not the red cross of a crash (study/tracking.py RUN_STATUS).
+with outcome `pruned` and its rung (tag aaclip.pruned_at): not the red cross of a crash (study/record.py RUN_STATUS).
 """
 from __future__ import annotations
 
@@ -15,26 +15,16 @@ from typing import Any, Collection
 from ray.tune import Callback
 
 from study.guard import GradientGuard
-from study.searcher import COMPLETED_KEY
+from study.record import COMPLETED_KEY, Outcome, reached_rung
+from study.record import trial_outcome as outcome_of_result
 from study.spool import Spool, Tracker, batch_op, is_transient, spool_root
 from study.tracking import HEARTBEAT, HEARTBEAT_EVERY_S, Connector
 
 
 def trial_outcome(trial: Any, guard: GradientGuard | None, time_attr: str) -> tuple[str, str]:
-    """(completed | stopped | pruned, reason) of a trial that ended without an error."""
-    result = trial.last_result or {}
-    if result.get(COMPLETED_KEY):
-        return "completed", ""
-    if guard is not None and trial.trial_id in guard.reasons:
-        return "stopped", guard.reasons[trial.trial_id]
-    rung = reached_rung(trial, time_attr)
-    return "pruned", f"ASHA: below the rung's cutoff{' at ' + rung if rung else ''}"
-
-
-def reached_rung(trial: Any, time_attr: str) -> str:
-    """Where a trial stopped, e.g. "loop 1" ("" when it reported no result)."""
-    reached = (trial.last_result or {}).get(time_attr)
-    return f"{time_attr} {int(reached)}" if isinstance(reached, (int, float)) else ""
+    """(completed | stopped | pruned, reason) of a Ray trial that ended without an error (study/record.py)."""
+    stop_reason = guard.reasons.get(trial.trial_id) if guard is not None else None
+    return outcome_of_result(trial.last_result, stop_reason=stop_reason, time_attr=time_attr)
 
 
 class OutcomeRecorder(Callback):
@@ -57,7 +47,7 @@ class OutcomeRecorder(Callback):
         self.ended: set[str] = set()  # ...and those whose end it saw
 
     def _record(self, trial: Any, outcome: str, reason: str) -> None:
-        rung = reached_rung(trial, self.time_attr) if outcome == "pruned" else ""
+        rung = reached_rung(trial.last_result, self.time_attr) if outcome == Outcome.PRUNED else ""
         worker_spool = Spool(spool_root(self.home, self.study_name) / trial.trial_id)
         if worker_spool.pending():
             try:
@@ -79,7 +69,7 @@ class OutcomeRecorder(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
         self.ended.add(trial.trial_id)
         error = str(trial.get_error() or "").strip().splitlines() or ["the trial raised an error"]
-        self._record(trial, "failed", error[-1][:1000])
+        self._record(trial, *outcome_of_result(trial.last_result, error=error[-1][:1000]))
 
     def on_experiment_end(self, trials: list, **info) -> None:
         """Trials the experiment ended without (Ctrl-C, SIGTERM): recorded as interrupted."""
@@ -88,7 +78,7 @@ class OutcomeRecorder(Callback):
                 continue
             if trial.trial_id in self.started or trial.status not in ("TERMINATED", "ERROR"):
                 self.interrupted.append(trial.trial_id)
-                self._record(trial, "interrupted", "the driver stopped; `aaclip-study resume` continues it")
+                self._record(trial, Outcome.INTERRUPTED, "the driver stopped; `aaclip-study resume` continues it")
 
 
 def driver_tracker(connect: Connector, home: Path, study_name: str) -> Tracker:

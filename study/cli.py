@@ -4,8 +4,9 @@
     aaclip-study status smoke
     aaclip-study export smoke -o best.yaml && aaclip train best.yaml
 
-Errors a user can cause print one line, `error: <message>`, on stderr and exit with code 2. Heavy imports
-(Ray, torch) happen inside the commands, so `--help` and a refused spec answer at once.
+Errors a user can cause print one line, `error: <message>`, on stderr and exit with code 2. Each command imports
+what it needs inside it (lazily: MLflow, Optuna, Ray and torch take seconds to import), so `--help` and a refused
+spec answer at once, and `status`, `export` and `report` never import Ray.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import typer
 
 from aaclip.command_line import invoke
 from aaclip.errors import AaclipError
+from study.interrupt import StudyInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray Tune studies over AA-CLIP feedback training, tracked in MLflow.")
@@ -152,8 +154,6 @@ def server(stop: bool = typer.Option(False, "--stop", help="Stop the local serve
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from study.interrupt import StudyInterrupted
-
     try:
         invoke(app, argv)  # usage mistakes too: one line, exit 2
     except AaclipError as error:

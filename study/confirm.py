@@ -27,16 +27,15 @@ from ray import tune
 from aaclip.config import apply_overrides, read_yaml, validate_config
 from study.driver import run_phase
 from study.guard import GradientGuard
+from study.record import Tag, ranked_trials, trial_runs
 from study.spec import Study
 from study.spool import Tracker, batch_op
-from study.tracking import trial_runs
 from study.trainable import TrialContext, train_and_report
-from study.verdict import RANK, SEED, SOURCE, Verdict, format_verdict, ranked_search_trials, study_verdict
+from study.verdict import Verdict, format_verdict, study_verdict
 
 Echo = Callable[..., None]
 JOB_KEY = "study/confirm_job"  # the Tune config of a confirmation trial: its index in the plan
 PLAN_ARTIFACT = "confirm/plan.yaml"
-PATH_TAG = "aaclip.confirm_path"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -55,7 +54,7 @@ def top_configurations(client, runs: list, study: Study) -> list[tuple[Any, dict
     objective = study.spec.objective
     chosen: list[tuple[Any, dict[str, Any]]] = []
     seen: set[str] = set()
-    for run in ranked_search_trials(runs, objective.metric, objective.mode):
+    for run in ranked_trials(runs, objective.metric, objective.mode):
         data = _run_config(client, run)
         if not data["cross_attention"]["enabled"]:
             continue  # a space that switches cross-attention off: such a configuration is its own twin
@@ -115,7 +114,8 @@ def run_confirm_trial(config: dict[str, Any], context: TrialContext, jobs: list[
     context.apply_environment()
     job = jobs[config[JOB_KEY]]
     train_config = validate_config(job["config"], source=f"confirmation job {config[JOB_KEY]}")
-    tags = {RANK: str(job["rank"]), SEED: str(job["seed"]), SOURCE: job["source"]}
+    tags = {Tag.CONFIRM_RANK: str(job["rank"]), Tag.CONFIRM_SEED: str(job["seed"]),
+            Tag.CONFIRM_SOURCE: job["source"]}
     train_and_report(context, train_config, baseline=job["role"] == "base", role=job["role"], tags=tags)
 
 
@@ -178,7 +178,7 @@ def confirm_study(study: Study, context: TrialContext, storage: str, tracker: Tr
     if not restoring:
         tracker.write({"op": "log_text", "run_id": run_id, "text": yaml.safe_dump(jobs, sort_keys=False),
                        "artifact_file": PLAN_ARTIFACT})
-        tracker.write(batch_op(run_id, tags={PATH_TAG: path}))
+        tracker.write(batch_op(run_id, tags={Tag.CONFIRM_PATH: path}))
     ranks, seeds = max(job["rank"] for job in jobs), sorted({job["seed"] for job in jobs})
     echo(f"study {study.name}: {'continuing' if restoring else 'starting'} the confirmation of the top {ranks} "
          f"configurations on fresh seeds {', '.join(map(str, seeds))} ({len(jobs)} runs: each configuration "

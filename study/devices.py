@@ -17,7 +17,7 @@ PROBE_TIMEOUT_S = 120.0
 
 
 def cuda_report() -> tuple[str, bool, list]:
-    import torch
+    import torch  # lazy: runs as a Ray task on the GPU's node; the driver itself never imports torch
 
     return socket.gethostname(), torch.cuda.is_available(), [str(i) for i in ray.get_gpu_ids()]
 

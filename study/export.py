@@ -7,7 +7,6 @@ repeats exactly the exported trial's run. The file carries its provenance; aacli
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from aaclip.config import read_yaml, validate_config
 from aaclip.outputs import write_text_atomically
 from study.errors import StudyError
-from study.tracking import STUDY, TRIAL_ID, require_parent_run, trial_runs
+from study.record import Tag, best_trial, is_baseline_run, objective_of, require_parent_run, trial_runs
 from study.verdict import study_verdict
 
 BEST_ADAPTERS = "best_adapters"  # a trial run's artifact folder (study/trainable.py)
@@ -37,19 +36,18 @@ def package_version() -> str:
 
 
 def choose_trial(runs: list, metric: str, mode: str, trial: str | None = None):
-    """The named trial (id, name or run id), else the best completed trial by its final objective."""
+    """The named trial (id, name or run id), else the best completed trial by its final objective (the baseline
+    included: a configuration one may export like any other)."""
     if trial:
         for run in runs:
-            if trial in (run.data.tags.get(TRIAL_ID), run.info.run_name, run.info.run_id):
+            if trial in (run.data.tags.get(Tag.TRIAL_ID), run.info.run_name, run.info.run_id):
                 return run
         names = ", ".join(run.info.run_name for run in runs) or "none"
         raise StudyError(f"--trial {trial}: no such trial in this study (trials: {names})")
-    completed = [run for run in runs if run.data.tags.get("aaclip.outcome") == "completed"
-                 and math.isfinite(run.data.metrics.get(metric, math.nan))]
-    if not completed:
+    best = best_trial(runs, metric, mode, with_baseline=True)
+    if best is None:
         raise StudyError(f"no trial has completed with a finite {metric} yet; wait, or pick one with --trial")
-    sign = 1.0 if mode == "max" else -1.0
-    return max(completed, key=lambda run: sign * run.data.metrics[metric])
+    return best
 
 
 def _choose(client, parent, runs: list, metric: str, mode: str, trial: str | None) -> tuple[Any, dict[str, Any]]:
@@ -75,7 +73,7 @@ def export_trial(client, name: str, output: Path, trial: str | None = None) -> d
     """Write the chosen trial's config with provenance to `output`; returns the provenance."""
     check_output(output)
     parent = require_parent_run(client, name)
-    metric, mode = parent.data.tags["aaclip.objective"], parent.data.tags["aaclip.mode"]
+    metric, mode = objective_of(parent)
     runs = trial_runs(client, parent)
     run, selection = _choose(client, parent, runs, metric, mode, trial)
     with tempfile.TemporaryDirectory() as folder:
@@ -83,9 +81,9 @@ def export_trial(client, name: str, output: Path, trial: str | None = None) -> d
         data = read_yaml(config_file)
     validate_config(data, source=f"trial {run.info.run_name} config.yaml")  # export only what trains
     provenance = {
-        "study": parent.data.tags[STUDY], "trial": run.info.run_name, "trial_id": run.data.tags.get(TRIAL_ID),
+        "study": parent.data.tags[Tag.STUDY], "trial": run.info.run_name, "trial_id": run.data.tags.get(Tag.TRIAL_ID),
         "mlflow_run_id": run.info.run_id, "tracking_uri": client.tracking_uri, "metric": metric,
-        "value": run.data.metrics.get(metric), "baseline": run.data.tags.get("aaclip.baseline") == "true",
+        "value": run.data.metrics.get(metric), "baseline": is_baseline_run(run),
         **selection,
         "package_version": package_version(), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -105,8 +103,8 @@ def check_output(path: Path) -> None:
 def register_trial(client, provenance: dict[str, Any], exported: Path, model: str):
     """`export --register MODEL`: the exported trial's best adapters (logged by the trial at its best evaluation)
     with the exported config, as a new version of MODEL whose run is the trial's run."""
-    from aaclip.checkpoint import load_adapters
-    from aaclip.mlflow_model import describe_trial, register_adapters, source_tags
+    from aaclip.checkpoint import load_adapters  # lazy: torch, which an export without --register never needs
+    from aaclip.mlflow_model import describe_trial, register_adapters, source_tags  # lazy: torch (the same)
 
     run_id = provenance["mlflow_run_id"]
     with tempfile.TemporaryDirectory() as folder:

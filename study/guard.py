@@ -11,10 +11,8 @@ from typing import Any
 
 from ray.tune.stopper import Stopper
 
+from aaclip.metric_names import IMAGE_ADAPTER_SHARE, LOSSES
 from study.spec import GuardSpec
-
-LOSS_KEYS = ("train/text_loss", "train/image_loss")
-SHARE_KEY = "grad/image_adapter_share"
 
 
 def guard_reason(spec: GuardSpec, result: dict[str, Any], epochs_below: int) -> tuple[str | None, int]:
@@ -23,18 +21,18 @@ def guard_reason(spec: GuardSpec, result: dict[str, Any], epochs_below: int) -> 
         return None, 0
     epoch = result.get("epoch", "?")
     if spec.nonfinite_loss:
-        for key in LOSS_KEYS:
+        for key in LOSSES:
             value = result.get(key)
             if isinstance(value, (int, float)) and not math.isfinite(value):
                 return f"guard: {key} is {value} at epoch {epoch}", epochs_below
-    share = result.get(SHARE_KEY)
+    share = result.get(IMAGE_ADAPTER_SHARE)
     floor = spec.image_adapter_share_floor
     if floor is None or not isinstance(share, (int, float)):
         return None, epochs_below  # Stage-1 epochs carry no image gradient: they neither count nor reset
     epochs_below = epochs_below + 1 if not share >= floor else 0  # NaN counts as below
     if epochs_below >= spec.patience:
-        return (f"guard: {SHARE_KEY} below {floor} for {epochs_below} epochs (last {share:.3g} at epoch {epoch}); "
-                "the image adapters starve"), epochs_below
+        return (f"guard: {IMAGE_ADAPTER_SHARE} below {floor} for {epochs_below} epochs (last {share:.3g} at epoch "
+                f"{epoch}); the image adapters starve"), epochs_below
     return None, epochs_below
 
 

@@ -10,8 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # workers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-GRADIENT_KEYS = ("grad/text_adapter", "grad/text_cross_attn", "grad/image_adapter", "grad/image_cross_attn")
-SHARE_KEY = "grad/image_adapter_share"
+from aaclip.metric_names import GROUPS, IMAGE_ADAPTER_SHARE, gradient_norm  # noqa: E402
 
 
 def gradient_flow_plot(history: list[dict[str, Any]], path: Path, share_floor: float | None = None) -> Path:
@@ -21,15 +20,15 @@ def gradient_flow_plot(history: list[dict[str, Any]], path: Path, share_floor: f
     the image adapters starve, and the lower panel falls towards 0.
     """
     figure, (norms, share) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[2, 1])
-    for key in GRADIENT_KEYS:
-        points = _series(history, key)
+    for group in GROUPS:
+        points = _series(history, gradient_norm(group))
         if points:
-            norms.plot(*zip(*points), marker="o", markersize=3, label=key.removeprefix("grad/"))
+            norms.plot(*zip(*points), marker="o", markersize=3, label=group)
     norms.set_yscale("log")
     norms.set_ylabel("gradient norm")
     norms.legend(loc="best", fontsize=8)
     norms.grid(alpha=0.3)
-    points = _series(history, SHARE_KEY, positive=False)
+    points = _series(history, IMAGE_ADAPTER_SHARE, positive=False)
     if points:
         share.plot(*zip(*points), marker="o", markersize=3, color="tab:purple")
     if share_floor is not None:

@@ -6,6 +6,7 @@ run when the spec is parsed (study.spec). Here: the places a launch writes to, c
   in a read-only folder); a URI (s3://, gs://, ...) must answer a read of its path.
 - Optuna storage: the URL must parse as a database URL, its driver must be installed, and the database must
   accept a connection (for SQLite: its folder must be creatable).
+- Local runs: the base's datasets are read (or generated) once, in the driver (preflight_data).
 """
 from __future__ import annotations
 
@@ -13,8 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
+import pyarrow.fs
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from aaclip.data.checks import load_checked_records
+from aaclip.data.records import class_names
 from aaclip.outputs import creatable_folder_problem
 from study.errors import StudyError
+from study.spec import Study
 
 CONNECT_TIMEOUT_S = 15.0
 
@@ -36,16 +45,11 @@ def check_storage(root: str, source: str) -> None:
 
 
 def _read_uri(root: str) -> None:
-    import pyarrow.fs
-
     filesystem, path = pyarrow.fs.FileSystem.from_uri(root)
     filesystem.get_file_info(path)  # a read: reachability and credentials, nothing written
 
 
 def check_optuna_storage(url: str, source: str) -> None:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     where = f"{source}: searcher.storage"
     try:
         parsed = make_url(url)
@@ -64,8 +68,6 @@ def check_optuna_storage(url: str, source: str) -> None:
 
 
 def _connect(url: str) -> None:
-    from sqlalchemy import create_engine, text
-
     engine = create_engine(url, pool_pre_ping=False)
     try:
         with engine.connect() as connection:
@@ -87,3 +89,18 @@ def _within_timeout(probe, where: str) -> None:
         raise StudyError(f"{where}: unusable ({error.__class__.__name__}{': ' + first if first else ''})") from None
     finally:
         pool.shutdown(wait=False)
+
+
+def preflight_data(study: Study) -> None:
+    """Local runs: read (or generate, for synthetic data) the base's datasets once, in the driver.
+
+    A missing dataset is then one line before any trial starts, not the same traceback from every trial, and
+    concurrent trials never race to generate the same synthetic dataset. Skipped for a remote cluster, whose
+    data paths need not exist on the driver's machine.
+    """
+    # val and test disjoint, every image decodes
+    validation_classes = class_names(load_checked_records(study.base_config, source=study.source)["val"])
+    parts = study.spec.objective.metric.split("/")
+    if len(parts) == 3 and parts[1] not in validation_classes:
+        raise StudyError(f"{study.source}: objective.metric: the validation data has no class {parts[1]!r} "
+                         f"(classes: {', '.join(validation_classes)})")

@@ -18,9 +18,13 @@ from typing import Any
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from aaclip.metric_names import EVALUATION_METRICS
 from aaclip.outputs import creatable_folder_problem, write_text_atomically
 from study.errors import StudyError
-from study.launch import study_from_parent
+from study.record import (
+    OPTUNA_STATE, best_and_baseline, is_baseline_run, objective_of, outcome_of, require_parent_run,
+    study_from_parent, trial_runs,
+)
 from study.report_html import ReportPage
 from study.report_plots import (
     TrialPoint, confirmed_figure, encoded, history_figure, knobs_figure, save, scale_figure,
@@ -29,12 +33,9 @@ from study.space import Parameter, SearchSpace
 from study.spool import apply
 from study.status import param_value
 from study.summary import summary_ops
-from study.tracking import require_parent_run, trial_runs
-from study.verdict import Verdict, best_and_baseline, study_verdict
+from study.verdict import Verdict, study_verdict
 
-STATES = {"completed": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
-          "stopped": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}
-CLASS_METRICS = ("pixel_auroc", "pixel_ap", "image_auroc", "image_ap", "pixel_aupro")
+STATES = {outcome: optuna.trial.TrialState[state] for outcome, state in OPTUNA_STATE.items()}
 
 
 def distribution(parameter: Parameter):
@@ -59,8 +60,8 @@ def rebuild_optuna_study(space: SearchSpace, runs: list, metric: str, mode: str)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     distributions = {key: distribution(parameter) for key, parameter in space.parameters.items()}
     for run in runs:
-        state = STATES.get(run.data.tags.get("aaclip.outcome", ""))
-        if state is None or run.data.tags.get("aaclip.baseline") == "true":
+        state = STATES.get(outcome_of(run))
+        if state is None or is_baseline_run(run):
             continue
         params = active_params(space, run.data.params)
         value = run.data.metrics.get(metric)
@@ -79,6 +80,7 @@ MIN_TRIALS_FOR_IMPORTANCES = 5  # fANOVA on fewer completed trials ranks noise
 
 def importance_figure(study: optuna.Study) -> tuple[bytes | None, str]:
     """Optuna's parameter importances, or None and why they are not shown."""
+    # Lazy: this imports pyplot, which must come after study.report_plots chose the Agg backend (no display).
     from optuna.visualization import matplotlib as optuna_plots
 
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -105,7 +107,7 @@ def class_table(best, baseline) -> list[tuple[str, str, float | None, float | No
     rows = []
     for key in sorted(best.data.metrics):
         parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "val" and parts[2] in CLASS_METRICS:
+        if len(parts) == 3 and parts[0] == "val" and parts[2] in EVALUATION_METRICS:
             base = baseline.data.metrics.get(key) if baseline is not None else None
             rows.append((parts[1], parts[2], best.data.metrics[key], base))
     return rows
@@ -122,9 +124,9 @@ def trial_points(runs: list, metric: str, study_name: str) -> list[TrialPoint]:
         params = {key: param_value(text) for key, text in run.data.params.items()}
         loop = run.data.metrics.get("loop")
         points.append(TrialPoint(name=name, label=name.removeprefix(f"{study_name}-"),
-                                 outcome=run.data.tags.get("aaclip.outcome", "running"), value=value,
+                                 outcome=outcome_of(run), value=value,
                                  loop=int(loop) if loop is not None else None,
-                                 baseline=run.data.tags.get("aaclip.baseline") == "true", params=params))
+                                 baseline=is_baseline_run(run), params=params))
     return points
 
 
@@ -140,7 +142,7 @@ def write_report(client, name: str, folder: Path) -> Path:
     """Write the report into `folder` from the study's MLflow runs, log it to the parent run under report/;
     returns index.html."""
     parent = require_parent_run(client, name)
-    metric, mode = parent.data.tags["aaclip.objective"], parent.data.tags["aaclip.mode"]
+    metric, mode = objective_of(parent)
     study = study_from_parent(client, parent)
     index = render_report(name, metric, mode, study.space, trial_runs(client, parent),
                           study_verdict(client, parent), folder)

@@ -9,6 +9,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
+from study.record import outcome_of
 from study.report_plots import TrialPoint, data_uri
 from study.verdict import Verdict, reading
 
@@ -89,7 +90,7 @@ class ReportPage:
     def summary(self) -> None:
         counts: dict[str, int] = {}
         for run in self.runs:
-            outcome = run.data.tags.get("aaclip.outcome", "running")
+            outcome = outcome_of(run)
             counts[outcome] = counts.get(outcome, 0) + 1
         counted = ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
         lines = [f"Objective: <b>{escape(self.metric)}</b> ({self.mode}). Search: {len(self.runs)} trials "

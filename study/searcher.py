@@ -28,13 +28,13 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from aaclip.errors import AaclipError
+from study.record import OPTUNA_STATE, Outcome, trial_outcome
 from study.spec import Study
 
 logger = logging.getLogger(__name__)
 BASELINE_KEY = "study/baseline"
 INDEX_KEY = "study/index"  # 0 for the baseline, 1, 2, ... for searched trials: readable trial names
 OPTUNA_KEY = "study/optuna_trial"  # the Optuna trial number, to find a run's trial in optuna-dashboard
-COMPLETED_KEY = "trial/completed"
 RUN_ID_KEY, TRIAL_NAME_KEY = "mlflow/run_id", "mlflow/trial_name"  # reported by the trial with every result
 USER_ATTRS = {RUN_ID_KEY: "mlflow_run_id", TRIAL_NAME_KEY: "mlflow_trial_name"}  # what Optuna calls them
 MAX_INVALID_DRAWS = 20
@@ -141,12 +141,13 @@ class StudyOptunaSearch(OptunaSearch):
 
 
 def outcome_state(result: dict | None, error: bool, metric: str) -> tuple[optuna.trial.TrialState, float | None]:
-    """How a finished Ray trial reads to Optuna: FAIL on error, COMPLETE only when it ran its whole schedule."""
-    if error:
-        return optuna.trial.TrialState.FAIL, None
-    if result and result.get(COMPLETED_KEY) and result.get(metric) is not None:
-        return optuna.trial.TrialState.COMPLETE, float(result[metric])
-    return optuna.trial.TrialState.PRUNED, None
+    """How a finished Ray trial reads to Optuna (study/record.py): FAIL on error, COMPLETE only when it ran its
+    whole schedule and its final result has the objective, else PRUNED (ASHA or the guard stopped it)."""
+    outcome, _ = trial_outcome(result, error="" if error else None)
+    if outcome == Outcome.COMPLETED and result.get(metric) is None:
+        outcome = Outcome.PRUNED
+    value = float(result[metric]) if outcome == Outcome.COMPLETED else None
+    return optuna.trial.TrialState[OPTUNA_STATE[outcome]], value
 
 
 class BaselineFirst(Searcher):

@@ -6,6 +6,7 @@ ranges, log ranges touching 0, objectives the trainer never reports, validation 
 """
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,6 +22,7 @@ from aaclip.config import (
     resolve_relative_paths, validate_config,
 )
 from aaclip.errors import AaclipError
+from aaclip.metric_names import REPORTED_METRICS, evaluation
 from aaclip.schedule import feedback_plan
 from study.errors import StudyError
 from study.space import BUDGET_KEYS, Parameter, SearchSpace
@@ -31,7 +33,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 class Objective(Strict):
-    metric: str = "val/pixel_auroc"
+    metric: str = evaluation("pixel_auroc")
     mode: Literal["max", "min"] = "max"
 
 
@@ -276,8 +278,6 @@ def _check_dotted_keys(keys: dict[str, Any], where: str) -> None:
 
 
 def _closest(key: str, known: set[str]) -> str:
-    import difflib
-
     match = difflib.get_close_matches(key, sorted(known), n=1)
     return f" (did you mean {match[0]}?)" if match else ""
 
@@ -322,14 +322,14 @@ def _check_points(study: Study) -> None:
 
 
 def check_objective(metric: str, config: TrainConfig, source: str) -> None:
-    known = reported_metrics()
+    known = REPORTED_METRICS
     parts = metric.split("/")
     if parts[-1] == "pixel_aupro" and not config.eval.aupro:
         raise StudyError(f"{source}: objective.metric: {metric} is reported only with eval.aupro: true, but this "
                          "config has eval.aupro: false")
     if metric in known:
         return
-    if len(parts) == 3 and parts[0] == "val" and f"val/{parts[2]}" in known:
+    if len(parts) == 3 and parts[0] == "val" and evaluation(parts[2]) in known:
         classes = config.data.val.categories
         if classes is None or parts[1] in classes:
             return
@@ -337,12 +337,6 @@ def check_objective(metric: str, config: TrainConfig, source: str) -> None:
     val_metrics = ", ".join(sorted(m for m in known if m.startswith("val/")))
     raise StudyError(f"{source}: objective.metric: {metric!r} is never reported by the trainer "
                      f"(use one of {val_metrics}, or val/<class>/<metric>)")
-
-
-def reported_metrics() -> set[str]:
-    from aaclip.metric_names import REPORTED_METRICS
-
-    return set(REPORTED_METRICS)
 
 
 def _describe(point: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from study.locks import file_lock
+from study.record import mark_trial_outcome
 
 T = TypeVar("T")
 WAIT_VARIABLE = "AACLIP_TRACKING_WAIT_S"  # how long a trial waits for the server where it must (open, end)
@@ -68,8 +69,6 @@ def apply(client: MlflowClient, op: dict[str, Any]) -> None:
     elif kind == "terminate":
         client.set_terminated(run_id, status=op["status"])
     elif kind == "outcome":
-        from study.tracking import mark_trial_outcome
-
         mark_trial_outcome(client, op["experiment_id"], op["study"], op["trial_id"], outcome=op["outcome"],
                            reason=op["reason"], rung=op.get("rung", ""))  # spools older than the rung lack it
     else:

@@ -11,10 +11,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from study.tracking import (
-    DRIVER_STATE, HEARTBEAT, HEARTBEAT_STALE_S, STUDY, TRIAL_ID, require_parent_run, study_link,
-    trial_runs,
+from study.record import (
+    Outcome, Tag, is_baseline_run, objective_of, outcome_of, require_parent_run, space_keys_of, trial_runs,
 )
+from study.tracking import HEARTBEAT_STALE_S, study_link
 from study.verdict import Verdict, format_verdict, study_verdict
 
 
@@ -73,25 +73,25 @@ def shown_params(params: dict[str, str], keys: list[str]) -> dict[str, Any]:
 def study_status(client, name: str) -> StudyStatus:
     parent = require_parent_run(client, name)
     tags = parent.data.tags
-    metric, mode = tags["aaclip.objective"], tags["aaclip.mode"]
-    keys = [key for key in tags.get("aaclip.space_keys", "").split(",") if key]
+    metric, mode = objective_of(parent)
+    keys = space_keys_of(parent)
     state = study_state(parent)
     driver_alive = state == "running"
-    status = StudyStatus(study=tags[STUDY], objective=metric, mode=mode, state=state,
-                         link=study_link(client, client.tracking_uri, parent.info.experiment_id, tags[STUDY],
+    status = StudyStatus(study=tags[Tag.STUDY], objective=metric, mode=mode, state=state,
+                         link=study_link(client, client.tracking_uri, parent.info.experiment_id, tags[Tag.STUDY],
                                          metric, mode))
     for run in trial_runs(client, parent):
         run_tags, metrics = run.data.tags, run.data.metrics
-        state = run_tags.get("aaclip.outcome", "running")
-        if state == "running" and not driver_alive:
-            state = "interrupted"  # the driver died; `aaclip-study resume` continues it
-        best = run_tags.get("aaclip.best_value")
+        state = outcome_of(run)
+        if state == Outcome.RUNNING and not driver_alive:
+            state = Outcome.INTERRUPTED  # the driver died; `aaclip-study resume` continues it
+        best = run_tags.get(Tag.BEST_VALUE)
         status.trials.append(TrialRow(
-            trial=run.info.run_name, trial_id=run_tags.get(TRIAL_ID, ""), state=state,
+            trial=run.info.run_name, trial_id=run_tags.get(Tag.TRIAL_ID, ""), state=state,
             params=shown_params(run.data.params, keys),
             loop=int(metrics["loop"]) if "loop" in metrics else None,
             objective=_finite(metrics.get(metric)), best=_finite(float(best)) if best else None,
-            baseline=run_tags.get("aaclip.baseline") == "true", reason=run_tags.get("aaclip.stop_reason", ""),
+            baseline=is_baseline_run(run), reason=run_tags.get(Tag.STOP_REASON, ""),
             run_id=run.info.run_id))
     status.verdict = study_verdict(client, parent)
     return status
@@ -103,12 +103,12 @@ def study_state(parent, now: float | None = None) -> str:
     status = parent.info.status
     tags = parent.data.tags
     if status == "RUNNING":
-        beat = tags.get(HEARTBEAT)
+        beat = tags.get(Tag.HEARTBEAT)
         if beat and (now or time.time()) - float(beat) > HEARTBEAT_STALE_S:
             return "interrupted"
         return "running"
     if status == "KILLED":
-        return tags.get(DRIVER_STATE, "interrupted")
+        return tags.get(Tag.DRIVER, "interrupted")
     return status.lower()
 
 

@@ -14,14 +14,16 @@ from typing import Any
 
 from mlflow.entities import Metric
 
+from study.record import (
+    Outcome, Tag, best_and_baseline, is_baseline_run, objective_of, outcome_of, space_keys_of, trial_runs,
+)
 from study.spool import Tracker, batch_op
 from study.status import param_value, short_key, show_value
-from study.tracking import PRUNED_AT, trial_runs
-from study.verdict import Verdict, best_and_baseline, format_verdict, study_verdict
+from study.verdict import Verdict, format_verdict, study_verdict
 
 NOTE = "mlflow.note.content"  # MLflow's run description, rendered as markdown on the run page
 # Always logged, zero included: columns stay comparable, and a resumed study's summary replaces the interrupted one's.
-COUNTED = ("completed", "pruned", "stopped", "failed", "interrupted")
+COUNTED = (Outcome.COMPLETED, Outcome.PRUNED, Outcome.STOPPED, Outcome.FAILED, Outcome.INTERRUPTED)
 PREFIX = "study/"
 MAX_TAG = 8000  # MLflow's limit on a tag's value
 
@@ -34,7 +36,7 @@ def run_link(experiment_id: str, run_id: str) -> str:
 def outcome_counts(runs: list) -> dict[str, int]:
     counts = dict.fromkeys(COUNTED, 0)
     for run in runs:
-        outcome = run.data.tags.get("aaclip.outcome", "running")
+        outcome = outcome_of(run)
         counts[outcome] = counts.get(outcome, 0) + 1
     return counts
 
@@ -74,14 +76,14 @@ def parent_note(name: str, runs: list, metric: str, mode: str, experiment_id: st
 def trial_note(run, metric: str, space_keys: list[str]) -> str:
     """One line: the outcome (with the rung or the reason), the objective, the searched params."""
     tags = run.data.tags
-    outcome = tags.get("aaclip.outcome", "running")
-    if outcome == "pruned" and tags.get(PRUNED_AT):
-        outcome += f" at {tags[PRUNED_AT]}"
-    elif outcome in ("failed", "stopped") and tags.get("aaclip.stop_reason"):
-        outcome += f": {tags['aaclip.stop_reason'].splitlines()[0][:120]}"
+    outcome = str(outcome_of(run))
+    if outcome == Outcome.PRUNED and tags.get(Tag.PRUNED_AT):
+        outcome += f" at {tags[Tag.PRUNED_AT]}"
+    elif outcome in (Outcome.FAILED, Outcome.STOPPED) and tags.get(Tag.STOP_REASON):
+        outcome += f": {tags[Tag.STOP_REASON].splitlines()[0][:120]}"
     value = run.data.metrics.get(metric)
     parts = [outcome, f"{metric} {show_value(value)}" if value is not None and math.isfinite(value) else ""]
-    if tags.get("aaclip.baseline") == "true":
+    if is_baseline_run(run):
         parts.append("baseline: cross-attention off")
     else:
         params = [(key, run.data.params.get(key)) for key in space_keys]
@@ -93,10 +95,10 @@ def trial_note(run, metric: str, space_keys: list[str]) -> str:
 def summary_ops(client, parent) -> list[dict[str, Any]]:
     """The writes that put the summary on the parent run and a description on every trial's run."""
     tags = parent.data.tags
-    metric, mode = tags["aaclip.objective"], tags["aaclip.mode"]
-    keys = [key for key in tags.get("aaclip.space_keys", "").split(",") if key]
+    metric, mode = objective_of(parent)
+    keys = space_keys_of(parent)
     runs = trial_runs(client, parent)
-    note = parent_note(tags["aaclip.study"], runs, metric, mode, parent.info.experiment_id,
+    note = parent_note(tags[Tag.STUDY], runs, metric, mode, parent.info.experiment_id,
                        study_verdict(client, parent))
     now = int(time.time() * 1000)  # a later summary (resume, report) is the latest value of each metric
     metrics = [Metric(key, value, now, 0) for key, value in summary_metrics(runs, metric, mode).items()]

@@ -1,7 +1,7 @@
 """MLflow layout of a study: one parent run per study, one child run per trial (DESIGN §5).
 
-Runs are found by tags, never remembered in memory, so every process (the driver, a trial on another node, a
-restarted trial, `status` or `export` days later) reaches the same runs:
+Runs are found by tags (study/record.py, which names every tag), never remembered in memory, so every process
+(the driver, a trial on another node, a restarted trial, `status` or `export` days later) reaches the same runs:
 
     parent: aaclip.role=study, aaclip.study=<name>
     child:  aaclip.role=trial, aaclip.study=<name>, aaclip.trial_id=<Ray trial id>, mlflow.parentRunId=<parent>
@@ -19,33 +19,33 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from aaclip.config import TrainConfig, mlflow_params, param_text
-from aaclip.metric_names import LOOP_PREFIX
+from aaclip.metric_names import GRADIENT_NORMS, IMAGE_ADAPTER_SHARE, LOOP_PREFIX
 from study.errors import StudyError
+from study.record import Outcome, Tag, find_trial_run, recorded_outcome
 from study.server import current_uri
 from study.spool import Spool, Tracker, batch_op
 
-ROLE, STUDY, TRIAL_ID = "aaclip.role", "aaclip.study", "aaclip.trial_id"
+# The layout's tags under the names the project imports from here (study/record.py owns every tag).
+ROLE, STUDY, TRIAL_ID, OUTCOME_BY = Tag.ROLE, Tag.STUDY, Tag.TRIAL_ID, Tag.OUTCOME_BY
+HEARTBEAT, DRIVER_STATE = Tag.HEARTBEAT, Tag.DRIVER
 PARENT = "mlflow.parentRunId"
-HEARTBEAT = "aaclip.heartbeat"  # unix seconds of the driver's last pulse on the parent run
 HEARTBEAT_EVERY_S, HEARTBEAT_STALE_S = 20.0, 120.0  # status calls a driver silent for longer dead
-DRIVER_STATE = "aaclip.driver"  # on the parent run: finished | interrupted | crashed, once the driver ends
-OUTCOME_BY = "aaclip.outcome_by"  # "driver": the recorded end of the trial (the worker's tag is provisional)
-BATCH = 100
+BATCH = 100  # MLflow's limit of params or tags per log_batch call
 METRIC_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 LOOP_MARKER = LOOP_PREFIX + "epoch"  # written last of a loop record: the loops already on the server
-HISTORY_KEYS = ("grad/text_adapter", "grad/text_cross_attn", "grad/image_adapter", "grad/image_cross_attn",
-                "grad/image_adapter_share")  # MLflow's limit of params or tags per log_batch call
+HISTORY_KEYS = (*GRADIENT_NORMS, IMAGE_ADAPTER_SHARE)  # what a restarted trial's gradient-flow plot reads back
 
 
 def tracking_client(uri: str) -> MlflowClient:
@@ -111,7 +111,7 @@ def save_study_view(client: MlflowClient, experiment_id: str, study: str, metric
     """The study's view of the runs table: its runs, best objective first, with the objective, the outcome,
     the rung a pruned trial stopped at and the searched params as columns."""
     state = {**view_search(study, metric, mode), "orderByAsc": mode == "min",
-             "selectedColumns": [f"metrics.`{metric}`", "tags.`aaclip.outcome`", f"tags.`{PRUNED_AT}`",
+             "selectedColumns": [f"metrics.`{metric}`", f"tags.`{Tag.OUTCOME}`", f"tags.`{Tag.PRUNED_AT}`",
                                  *(f"params.`{key}`" for key in space_keys)]}
     client.set_experiment_tag(experiment_id, SHARED_VIEW + study, json.dumps(state))
 
@@ -147,52 +147,11 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def _search(client: MlflowClient, experiment_ids: list[str], tags: dict[str, str]) -> list[Any]:
-    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
-    return client.search_runs(experiment_ids, filter_string=query, max_results=5000,
-                              order_by=["attributes.start_time ASC"])
-
-
-def _all_experiment_ids(client: MlflowClient) -> list[str]:
-    return [experiment.experiment_id for experiment in client.search_experiments()]
-
-
-def find_parent_run(client: MlflowClient, study: str, experiment_id: str | None = None):
-    """The study's parent run, or None."""
-    experiment_ids = [experiment_id] if experiment_id else _all_experiment_ids(client)
-    runs = _search(client, experiment_ids, {ROLE: "study", STUDY: study}) if experiment_ids else []
-    return runs[0] if runs else None
-
-
-def require_parent_run(client: MlflowClient, study: str):
-    run = find_parent_run(client, study)
-    if run is None:
-        raise StudyError(f"study {study!r}: not found on the tracking server {client.tracking_uri} "
-                         "(check the name, or pass the --tracking-uri the study ran with)")
-    return run
-
-
 def create_parent_run(client: MlflowClient, experiment_id: str, study: str, tags: dict[str, str],
                       params: dict[str, Any]) -> str:
     run = client.create_run(experiment_id, run_name=study, tags={ROLE: "study", STUDY: study, **tags})
     log_params(client, run.info.run_id, params)
     return run.info.run_id
-
-
-def trial_runs(client: MlflowClient, parent) -> list[Any]:
-    """Every child run of a study, oldest first."""
-    return _search(client, [parent.info.experiment_id], {ROLE: "trial", STUDY: parent.data.tags[STUDY]})
-
-
-def runs_with_role(client: MlflowClient, parent, role: str) -> list[Any]:
-    """The study's child runs of one role (trial; confirm, twin or base for the confirmation), oldest first."""
-    return _search(client, [parent.info.experiment_id], {ROLE: role, STUDY: parent.data.tags[STUDY]})
-
-
-def find_trial_run(client: MlflowClient, experiment_id: str, study: str, trial_id: str):
-    """The child run of a Ray trial, whatever its role (search trials and confirmation runs alike)."""
-    runs = _search(client, [experiment_id], {STUDY: study, TRIAL_ID: trial_id})
-    return runs[0] if runs else None
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
@@ -204,19 +163,6 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
-
-
-FINAL_OUTCOMES = ("completed", "pruned", "stopped", "failed")
-SCHEDULE = "aaclip.schedule"  # on a trial's run: the epochs of each loop's stages (schedule.describe_epochs)
-PRUNED_AT = "aaclip.pruned_at"  # on a pruned trial's run: the rung it stopped at, e.g. "loop 1"
-# A pruned trial did what ASHA asked of it: FINISHED, told from a completed one by its outcome tag, never shown
-# with the red cross of a crash. A guard-stopped or interrupted trial did not run as planned: KILLED.
-RUN_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}
-
-
-def run_status(outcome: str) -> str:
-    """The MLflow run status that a trial's recorded outcome ends its run with."""
-    return RUN_STATUS.get(outcome, "KILLED")
 
 
 class TrialRun:
@@ -243,7 +189,7 @@ class TrialRun:
              tags: dict[str, str] | None = None) -> TrialRun:
         tracker.drain()  # what a killed attempt spooled counts before the markers are read
         tags = {ROLE: role, STUDY: study, TRIAL_ID: trial_id, PARENT: parent_run_id,
-                "aaclip.baseline": str(baseline).lower(), **(tags or {})}
+                Tag.BASELINE: str(baseline).lower(), **(tags or {})}
 
         def find_or_create(client: MlflowClient):  # searched again on every retry: one run per trial
             run = find_trial_run(client, experiment_id, study, trial_id)
@@ -262,14 +208,14 @@ class TrialRun:
         epochs, loops = tracker.read(lambda client: (client.get_metric_history(run_id, "epoch"),
                                                      client.get_metric_history(run_id, LOOP_MARKER)),
                                      "reading the run")
-        trial_run = cls(tracker, run_id, int(run_tags.get("aaclip.last_epoch", 0)),
+        trial_run = cls(tracker, run_id, int(run_tags.get(Tag.LAST_EPOCH, 0)),
                         max((point.step for point in epochs), default=0), max((p.step for p in loops), default=-1))
         # The driver recorded this trial's end already (a resumed study runs it again): a re-run does not undo it.
-        ended = run_tags.get(OUTCOME_BY) == "driver" and run_tags.get("aaclip.outcome") in FINAL_OUTCOMES
+        ended = recorded_outcome(run_tags) is not None
         if not ended:
             tracker.write({"op": "status", "run_id": run_id, "status": "RUNNING"})
-        trial_run.set_tags({"aaclip.node": _node(), "aaclip.worker_pid": str(os.getpid()),
-                            **({} if ended else {"aaclip.outcome": "running"})})
+        trial_run.set_tags({Tag.NODE: _node(), Tag.WORKER_PID: str(os.getpid()),
+                            **({} if ended else {Tag.OUTCOME: Outcome.RUNNING})})
         return trial_run
 
     def set_tags(self, tags: dict[str, Any]) -> None:
@@ -307,7 +253,7 @@ class TrialRun:
 
     def mark_epoch(self, epoch: int) -> None:
         """Everything of this epoch is written (or spooled, which keeps the order): move the marker last."""
-        self.set_tags({"aaclip.last_epoch": epoch})
+        self.set_tags({Tag.LAST_EPOCH: epoch})
         self.last_epoch = epoch
 
     def metric_history(self, keys: tuple[str, ...] = HISTORY_KEYS) -> list[dict[str, float]]:
@@ -323,7 +269,7 @@ class TrialRun:
 
     def best_value(self) -> float | None:
         run = self.tracker.read(lambda client: client.get_run(self.run_id), "reading the run")
-        text = run.data.tags.get("aaclip.best_value")
+        text = run.data.tags.get(Tag.BEST_VALUE)
         return float(text) if text else None
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
@@ -341,38 +287,9 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 
 
 def _node() -> str:
+    # Ray as the process has it: every trial's worker has imported it; status, export and report never do.
+    ray = sys.modules.get("ray")
     try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # outside Ray (tests, a local debug run): the host is the node
+        return ray.get_runtime_context().get_node_id() if ray is not None else socket.gethostname()
+    except Exception:  # outside a Ray worker (tests, a local debug run): the host is the node
         return socket.gethostname()
-
-
-def mark_trial_outcome(client: MlflowClient, experiment_id: str, study: str, trial_id: str, *,
-                       outcome: str, reason: str = "", rung: str = "") -> None:
-    """Record how a trial ended, from the driver (a stopped worker cannot always close its own run).
-
-    The first outcome the driver records stands (Optuna, too, keeps its first verdict): a trial that a resumed
-    study runs again after its end was recorded keeps that end, so MLflow, Optuna and `status` agree.
-    """
-    run = find_trial_run(client, experiment_id, study, trial_id)
-    if run is None:
-        return
-    tags = run.data.tags
-    if tags.get(OUTCOME_BY) == "driver" and tags.get("aaclip.outcome") in FINAL_OUTCOMES:
-        outcome = tags["aaclip.outcome"]
-    else:
-        items = [RunTag("aaclip.outcome", outcome), RunTag(OUTCOME_BY, "driver")]
-        if reason:
-            items.append(RunTag("aaclip.stop_reason", reason[:8000]))
-        if outcome == "pruned" and rung:
-            items.append(RunTag(PRUNED_AT, rung))
-        client.log_batch(run.info.run_id, tags=items)
-    client.set_terminated(run.info.run_id, status=run_status(outcome))
-
-
-def recorded_outcomes(client: MlflowClient, parent) -> dict[str, str]:
-    """trial id -> the outcome the driver recorded, for every trial whose end is on record."""
-    return {run.data.tags[TRIAL_ID]: run.data.tags["aaclip.outcome"] for run in trial_runs(client, parent)
-            if run.data.tags.get(OUTCOME_BY) == "driver" and run.data.tags.get("aaclip.outcome") in FINAL_OUTCOMES}

@@ -19,16 +19,18 @@ from typing import Any, Iterator
 import ray.tune
 
 from aaclip.config import TrainConfig
+from aaclip.data.splits import load_splits, split_summary
 from aaclip.notices import recorded
 from aaclip.schedule import describe_epochs, feedback_plan
 from study.callbacks import remove_scratch
 from study.devices import require_cuda_for_assigned_gpus
 from aaclip.mlflow_env import CLIENT_SETTINGS
 from study.plots import gradient_flow_plot
-from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline, run_identity
+from study.record import COMPLETED_KEY, Outcome, Tag
+from study.searcher import OPTUNA_KEY, is_baseline, run_identity
 from study.spec import Study, planned_epochs
 from study.spool import batch_op, spool_root
-from study.tracking import SCHEDULE, Connector, TrialRun, numeric_metrics
+from study.tracking import Connector, TrialRun, numeric_metrics
 
 MAX_TAG_CHARS = 5000  # keeps a long list of warnings within MLflow's tag limits
 # Variables a trial process needs wherever it runs: tracking credentials, artifact store access, offline hubs.
@@ -41,6 +43,13 @@ FORWARDED_ENV = (
 # logs a job's env_vars in plain text (runtime_env_agent.log), so these never go there; the artifact store's
 # keys must, since Ray's storage sync in the worker needs them before any trial code runs.
 TRACKING_SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def forwarded_environment(*, secrets: bool) -> dict[str, str]:
+    """The driver's FORWARDED_ENV variables that are set: with `secrets` for the TrialContext, without them for
+    Ray's runtime_env (study/cluster.py connect_ray)."""
+    return {name: os.environ[name] for name in FORWARDED_ENV
+            if name in os.environ and (secrets or name not in TRACKING_SECRETS)}
 
 
 @dataclass
@@ -58,8 +67,8 @@ class TrialContext:
     @classmethod
     def from_driver(cls, study: Study, tracking_uri: str, experiment_id: str, parent_run_id: str,
                     aaclip_home: Path) -> TrialContext:
-        env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-        return cls(study, tracking_uri, experiment_id, parent_run_id, str(aaclip_home), env,
+        return cls(study, tracking_uri, experiment_id, parent_run_id, str(aaclip_home),
+                   forwarded_environment(secrets=True),
                    Connector.for_uri(tracking_uri, aaclip_home))
 
     def apply_environment(self) -> None:
@@ -77,15 +86,15 @@ def trial_config(study: Study, config: dict[str, Any]) -> TrainConfig:
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune function trainable (wrapped with tune.with_parameters(run_trial, context=...))."""
     context.apply_environment()
-    tags = {"aaclip.optuna_trial": str(config[OPTUNA_KEY])} if OPTUNA_KEY in config else {}
+    tags = {Tag.OPTUNA_TRIAL: str(config[OPTUNA_KEY])} if OPTUNA_KEY in config else {}
     train_and_report(context, trial_config(context.study, config), baseline=is_baseline(config), tags=tags)
 
 
 def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseline: bool, role: str = "trial",
                      tags: dict[str, str] | None = None) -> None:
     """Train one configuration inside a Tune trial, logged to its (re)opened MLflow child run of `role`."""
-    from aaclip.data.splits import load_splits, split_summary
-    from aaclip.threads import configure_threads  # imported in the trial process only: torch is slow to import
+    # Lazy: torch (about 10 s with open_clip) is imported in the trial process only, never in the driver.
+    from aaclip.threads import configure_threads
     from aaclip.train import fit
 
     require_cuda_for_assigned_gpus()
@@ -95,7 +104,7 @@ def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseli
     trial_id = tune_context.get_trial_id()
     tracker = context.connect.tracker(spool_root(Path(context.aaclip_home), context.study.name) / trial_id)
     # The stage of every epoch, on the run: a metric step carries no tag, and the charts' x axis is the epoch.
-    tags = {SCHEDULE: describe_epochs(feedback_plan(train_config.feedback)), **(tags or {})}
+    tags = {Tag.SCHEDULE: describe_epochs(feedback_plan(train_config.feedback)), **(tags or {})}
     run = TrialRun.open(tracker, experiment_id=context.experiment_id,
                         parent_run_id=context.parent_run_id, study=context.study.name,
                         trial_id=trial_id, trial_name=tune_context.get_trial_name(),
@@ -156,7 +165,7 @@ class EpochReporter:
             if self.objective.metric in metrics:
                 self.log_evaluation(metrics, checkpoint_dir)
             if completed:
-                self.run.set_tags({"aaclip.outcome": "completed"})
+                self.run.set_tags({Tag.OUTCOME: Outcome.COMPLETED})
             self.run.mark_epoch(int(metrics["epoch"]))  # last: a restart redoes whatever came before it
         report = {**numeric_metrics(metrics), **self.identity}
         if completed:
@@ -187,13 +196,13 @@ class EpochReporter:
         if math.isfinite(value) and (self.best is None or self.improves(value)):
             self.best = value
             self.run.log_file(Path(checkpoint_dir) / "adapters.pt", "best_adapters")
-            self.run.set_tags({"aaclip.best_value": repr(value), "aaclip.best_epoch": epoch})
+            self.run.set_tags({Tag.BEST_VALUE: repr(value), Tag.BEST_EPOCH: epoch})
 
     def record_warnings(self) -> None:
         """What the trial found suspicious (a class without anomalies, NaN metrics), on its run, by name."""
         notes = recorded()
         if len(notes) > self.warned:
-            self.run.set_tags({"aaclip.warnings": "\n".join(notes)[:MAX_TAG_CHARS]})
+            self.run.set_tags({Tag.WARNINGS: "\n".join(notes)[:MAX_TAG_CHARS]})
             self.warned = len(notes)
 
     def improves(self, value: float) -> bool:

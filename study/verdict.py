@@ -20,10 +20,9 @@ from typing import Any
 
 from scipy import stats
 
-from study.tracking import ROLE, runs_with_role
+from study.record import Tag, final_value, objective_of, runs_with_role, space_keys_of
 
 CONFIRM_ROLES = ("confirm", "twin", "base")
-RANK, SEED, SOURCE = "aaclip.confirm_rank", "aaclip.confirm_seed", "aaclip.confirm_source"
 CONFIDENCE = 0.95
 
 
@@ -97,39 +96,15 @@ def confirmation_runs(client, parent) -> list:
     return [run for role in CONFIRM_ROLES for run in runs_with_role(client, parent, role)]
 
 
-def ranked_search_trials(runs: list, metric: str, mode: str) -> list:
-    """Searched trials (not the baseline) that ran their whole schedule, best final objective first."""
-    completed = [run for run in runs if run.data.tags.get("aaclip.baseline") != "true"
-                 and final_value(run, metric) is not None]
-    sign = 1.0 if mode == "max" else -1.0
-    return sorted(completed, key=lambda run: -sign * run.data.metrics[metric])
-
-
-def best_and_baseline(runs: list, metric: str, mode: str):
-    """The best completed searched run and the completed baseline run (each None if there is none)."""
-    ranked = ranked_search_trials(runs, metric, mode)
-    baseline = next((run for run in runs if run.data.tags.get("aaclip.baseline") == "true"
-                     and final_value(run, metric) is not None), None)
-    return (ranked[0] if ranked else None), baseline
-
-
-def final_value(run, metric: str) -> float | None:
-    """The objective at the end of a run that finished its schedule, else None."""
-    value = run.data.metrics.get(metric)
-    if run.data.tags.get("aaclip.outcome") != "completed" or value is None or not math.isfinite(value):
-        return None
-    return value
-
-
 def compute_verdict(runs: list, metric: str, mode: str, space_keys: list[str] | None = None) -> Verdict | None:
     """The verdict from the confirmation runs' own metrics; None when the study has no confirmation runs."""
     if not runs:
         return None
-    seeds = sorted({int(run.data.tags[SEED]) for run in runs})
-    base = [final_value(run, metric) for run in runs if run.data.tags[ROLE] == "base"]
-    ranks = sorted({int(run.data.tags[RANK]) for run in runs if run.data.tags[ROLE] != "base"})
-    rows = [_row(rank, [run for run in runs if run.data.tags.get(RANK) == str(rank)], metric, space_keys or [])
-            for rank in ranks]
+    seeds = sorted({int(run.data.tags[Tag.CONFIRM_SEED]) for run in runs})
+    base = [final_value(run, metric) for run in runs if run.data.tags[Tag.ROLE] == "base"]
+    ranks = sorted({int(run.data.tags[Tag.CONFIRM_RANK]) for run in runs if run.data.tags[Tag.ROLE] != "base"})
+    by_rank = {rank: [run for run in runs if run.data.tags.get(Tag.CONFIRM_RANK) == str(rank)] for rank in ranks}
+    rows = [_row(rank, by_rank[rank], metric, space_keys or []) for rank in ranks]
     finished = sum(final_value(run, metric) is not None for run in runs)
     return Verdict(metric, mode, seeds, rows, t_interval([value for value in base if value is not None]),
                    planned=len(runs), finished=finished)
@@ -140,21 +115,19 @@ def _row(rank: int, runs: list, metric: str, space_keys: list[str]) -> Confirmed
     for run in runs:
         value = final_value(run, metric)
         if value is not None:
-            values.setdefault(int(run.data.tags[SEED]), {})[run.data.tags[ROLE]] = value
+            values.setdefault(int(run.data.tags[Tag.CONFIRM_SEED]), {})[run.data.tags[Tag.ROLE]] = value
     on = [by_role["confirm"] for by_role in values.values() if "confirm" in by_role]
     twin = [by_role["twin"] for by_role in values.values() if "twin" in by_role]
     paired = [by_role["confirm"] - by_role["twin"] for by_role in values.values()
               if "confirm" in by_role and "twin" in by_role]
-    first = next((run for run in runs if run.data.tags[ROLE] == "confirm"), runs[0])
+    first = next((run for run in runs if run.data.tags[Tag.ROLE] == "confirm"), runs[0])
     params = {key: first.data.params.get(key) for key in space_keys}
-    return ConfirmedRow(rank, first.data.tags.get(SOURCE, ""), params, t_interval(on), t_interval(twin),
-                        t_interval(paired), dict(sorted(values.items())))
+    return ConfirmedRow(rank, first.data.tags.get(Tag.CONFIRM_SOURCE, ""), params, t_interval(on),
+                        t_interval(twin), t_interval(paired), dict(sorted(values.items())))
 
 
 def study_verdict(client, parent) -> Verdict | None:
-    tags = parent.data.tags
-    keys = [key for key in tags.get("aaclip.space_keys", "").split(",") if key]
-    return compute_verdict(confirmation_runs(client, parent), tags["aaclip.objective"], tags["aaclip.mode"], keys)
+    return compute_verdict(confirmation_runs(client, parent), *objective_of(parent), space_keys_of(parent))
 
 
 def format_verdict(verdict: Verdict) -> str:

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from study.launch import run_study
 from study.spec import load_study
-from study.tracking import find_parent_run, trial_runs
+from study.record import find_parent_run, trial_runs
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from study.tracking import run_status
+from study.record import run_status
 
 try:  # tests/integration is imported as a rootdir-relative package or as a plain folder, depending on layout
     from tests.integration.postgres import INSTALL_HINT, PostgresServer, find_postgres_bin, free_port, wait_for_http

@@ -56,7 +56,7 @@ def test_export_register_then_retrain_register(ray_cluster, mlflow_uri, study_ho
                                                capsys, monkeypatch):
     from aaclip.checkpoint import load_adapters
     from aaclip.config import load_config, mlflow_params
-    from study.tracking import find_parent_run, trial_runs
+    from study.record import find_parent_run, trial_runs
 
     spec = write_spec(NAME, overrides={"feedback.loops": 1, "feedback.text_epochs": 1, "feedback.image_epochs": 1})
     ran = cli.run("run", str(spec), "--address", ray_cluster.address, "--tracking-uri", mlflow_uri)

@@ -208,7 +208,8 @@ def test_a_launch_failing_after_its_parent_run_frees_the_name(ray_cluster, mlflo
 
     from study import launch
     from study.spec import parse_study
-    from study.tracking import find_parent_run, tracking_client
+    from study.record import find_parent_run
+    from study.tracking import tracking_client
 
     real_make_tuner = launch.make_tuner
 

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.server import is_healthy
-from study.tracking import find_parent_run, trial_runs
+from study.record import find_parent_run, trial_runs
 
 NAME = "guarded"
 PASSWORD = "s3cret-Pa55word-for-the-test"

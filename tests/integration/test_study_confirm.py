@@ -23,7 +23,8 @@ from scipy import stats
 
 from study.export import export_trial
 from study.status import format_status, study_status
-from study.tracking import DRIVER_STATE, find_parent_run, trial_runs
+from study.record import find_parent_run, trial_runs
+from study.tracking import DRIVER_STATE
 from study.verdict import confirmation_runs, study_verdict
 
 NAME = "confirmed"

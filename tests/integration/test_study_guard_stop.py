@@ -7,7 +7,7 @@ from mlflow.tracking import MlflowClient
 from study.launch import run_study
 from study.spec import load_study
 from study.status import study_status
-from study.tracking import find_parent_run, trial_runs
+from study.record import find_parent_run, trial_runs
 
 
 def test_guard_stops_a_trial_and_says_why(ray_cluster, mlflow_uri, study_home, write_spec):

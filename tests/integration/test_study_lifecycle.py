@@ -19,7 +19,8 @@ from aaclip.config import flatten, load_config
 from study.report import write_report
 from study.asha_state import reported_history
 from study.status import study_state, study_status
-from study.tracking import HEARTBEAT_STALE_S, find_parent_run, trial_runs
+from study.record import find_parent_run, trial_runs
+from study.tracking import HEARTBEAT_STALE_S
 
 NAME = "lifecycle"
 

@@ -8,7 +8,7 @@ from study.errors import StudyError
 from study.launch import run_study
 from study.server import ensure_server, running_server
 from study.spec import load_study
-from study.tracking import find_parent_run
+from study.record import find_parent_run
 
 
 def test_gpu_requested_on_a_cluster_without_gpus(ray_cluster, mlflow_uri, study_home, write_spec):

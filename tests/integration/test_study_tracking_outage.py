@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.status import study_status
-from study.tracking import find_parent_run, trial_runs
+from study.record import find_parent_run, trial_runs
 
 NAMES = ("outage-a", "outage-b")
 

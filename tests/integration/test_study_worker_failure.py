@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from study.export import export_trial
-from study.tracking import find_parent_run, trial_runs
+from study.record import find_parent_run, trial_runs
 
 
 NAME = "phoenix"

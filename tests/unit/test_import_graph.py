@@ -6,6 +6,9 @@ Imports under `if TYPE_CHECKING:` never run and are left out.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
@@ -94,3 +97,29 @@ def test_data_package_imports_at_the_top() -> None:
     lazy = {name: function_level_imports(path) for name, path in modules().items()
             if name.startswith("aaclip.data") and function_level_imports(path)}
     assert lazy == {"aaclip.data": {"aaclip.data.dataset"}}
+
+
+def test_reading_a_study_never_imports_ray() -> None:
+    """status, export and report (and the CLI that runs them) work from any machine that reaches the tracking
+    server: no Ray there, nor its start-up time. Checked in a fresh interpreter, whose sys.modules is honest."""
+    readers = ("study.cli", "study.status", "study.export", "study.report", "study.record", "study.server")
+    code = f"import sys\nfor name in {readers!r}: __import__(name)\nprint(sorted(name for name in sys.modules " \
+           "if name == 'ray' or name.startswith('ray.')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_study_imports_at_the_top_but_for_its_documented_lazy_imports() -> None:
+    """Each lazy import in study/ keeps something slow out of a process that does not need it (a comment says
+    which): the CLI's commands, torch outside the trial process and an export without --register, pyplot after the Agg backend is chosen."""
+    lazy = {name: function_level_imports(path) for name, path in modules().items()
+            if name.startswith("study") and function_level_imports(path)}
+    assert lazy == {
+        "study.cli": {"study.server", "study.tracking", "study.spec", "study.launch", "study.status",
+                      "study.export", "study.report"},
+        "study.devices": {"torch"}, "study.report": {"optuna.visualization"},
+        "study.export": {"aaclip.checkpoint", "aaclip.mlflow_model"},
+        "study.trainable": {"aaclip.threads", "aaclip.train"},
+    }

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from ray.tune.schedulers import TrialScheduler
 
 from study.asha_state import restore_rungs
-from study.launch import StudyASHA
+from study.tuner import StudyASHA
 
 HISTORY = {"a": [(1.0, 0.9), (2.0, 0.95)], "b": [(1.0, 0.5)], "c": [(1.0, 0.7), (2.0, 0.8)]}
 

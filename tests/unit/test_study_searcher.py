@@ -4,7 +4,8 @@ from __future__ import annotations
 import optuna
 import yaml
 
-from study.searcher import COMPLETED_KEY, INDEX_KEY, BaselineFirst, StudyOptunaSearch, is_baseline, run_identity
+from study.record import COMPLETED_KEY
+from study.searcher import INDEX_KEY, BaselineFirst, StudyOptunaSearch, is_baseline, run_identity
 from study.spec import parse_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

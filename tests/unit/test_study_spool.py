@@ -173,7 +173,7 @@ def test_recorded_outcomes_end_runs_pruned_finished_with_the_rung_failures_faile
     """A pruned trial did what ASHA asked: FINISHED with outcome pruned and its rung, unlike a failure or a
     guard stop; a spooled outcome from before the rung existed still applies."""
     from study.spool import apply
-    from study.tracking import PRUNED_AT
+    from study.record import PRUNED_AT
 
     uri, client, experiment = store
     ops = {"pruned": {"reason": "ASHA: below the rung's cutoff at loop 1", "rung": "loop 1"},

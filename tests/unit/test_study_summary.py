@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 from study.driver import study_session
 from study.spec import parse_study
 from study.summary import NOTE, trial_note
-from study.tracking import PARENT, PRUNED_AT, Connector
+from study.record import PRUNED_AT
+from study.tracking import PARENT, Connector
 from study.trainable import TrialContext
 
 METRIC = "val/pixel_auroc"
