@@ -19,6 +19,7 @@ from torch import nn
 from aaclip import losses
 from aaclip.checkpoint import load_into, load_state, load_trained, read_base_adapters, save_checkpoint
 from aaclip.config import TrainConfig
+from aaclip.data.records import Record
 from aaclip.data.splits import split_summary
 from aaclip.notices import in_own_scope, recorded
 from aaclip.outputs import write_text_atomically
@@ -26,6 +27,7 @@ from aaclip.schedule import IMAGE, TEXT, Stage, StagePlan, feedback_plan, loop_l
 from aaclip.session import Session, build_session
 
 EpochCallback = Callable[[dict[str, float], Path], None]
+SplitsCallback = Callable[[dict[str, list[Record]]], None]
 STAGE_GROUPS = {TEXT: ("text_adapter", "text_cross_attn"), IMAGE: ("image_adapter", "image_cross_attn")}
 
 
@@ -192,10 +194,13 @@ def make_optimizer(session: Session, plan: StagePlan) -> torch.optim.Optimizer:
 
 @in_own_scope  # warnings.json and a trial's aaclip.warnings tag hold this run's notices only
 def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = None,
-        resume: Path | None = None) -> FitResult:
-    """Run the whole feedback schedule; resumable after any epoch from the checkpoint passed to `on_epoch`."""
+        resume: Path | None = None, on_splits: SplitsCallback | None = None) -> FitResult:
+    """Run the whole feedback schedule; resumable after any epoch from the checkpoint passed to `on_epoch`.
+    `on_splits` gets the records of each split once they are loaded and checked, before the first epoch."""
     out_dir = Path(out_dir)
     session = build_session(config)
+    if on_splits is not None:
+        on_splits(session.splits)
     plan = feedback_plan(config.feedback)
     position, optimizer_states = Position(), {}
     if resume is not None:
