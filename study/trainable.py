@@ -23,6 +23,7 @@ from aaclip.notices import recorded
 from study.callbacks import remove_scratch
 from study.datasets import SplitRecorder
 from study.devices import require_cuda_for_assigned_gpus
+from study.eta import PLANNED_KEY
 from study.mlflow_env import CLIENT_SETTINGS
 from study.plots import gradient_flow_plot
 from study.searcher import COMPLETED_KEY, OPTUNA_KEY, is_baseline, run_identity
@@ -155,7 +156,7 @@ class EpochReporter:
             if completed:
                 self.run.set_tags({"aaclip.outcome": "completed"})
             self.run.mark_epoch(int(metrics["epoch"]))  # last: a restart redoes whatever came before it
-        report = {**numeric_metrics(metrics), **self.identity}
+        report = {**numeric_metrics(metrics), **self.identity, PLANNED_KEY: self.planned}  # for the time left
         if completed:
             report[COMPLETED_KEY] = 1.0
         ray.tune.report(report, checkpoint=ray.tune.Checkpoint.from_directory(checkpoint_dir))

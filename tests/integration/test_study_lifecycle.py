@@ -124,7 +124,7 @@ def check_baseline(runs: list) -> None:
     baselines = [run for run in runs if run.data.tags["aaclip.baseline"] == "true"]
     assert len(baselines) == 1
     baseline = baselines[0]
-    assert baseline.info.run_name == f"{NAME}-baseline"
+    assert baseline.info.run_name == "baseline"
     assert baseline.data.params["cross_attention.enabled"] == "false"
     assert baseline.data.tags["aaclip.outcome"] == "completed"  # ASHA never stops the reference
 

@@ -68,3 +68,18 @@ def test_system_metrics_off_logs_nothing(tmp_path):
     with system_metrics(run_id, uri, interval_s=None):
         pass
     assert not client.get_run(run_id).data.metrics
+
+
+def test_run_names_are_short_and_start_with_what_differs():
+    from types import SimpleNamespace
+
+    from study.confirm import job_name
+    from study.launch import TrialNamer
+    from study.searcher import BASELINE_KEY, INDEX_KEY
+
+    namer = TrialNamer()
+    assert namer(SimpleNamespace(config={INDEX_KEY: 3, "optim.image_lr": 0.001}, trial_id="x")) == "t003"
+    assert namer(SimpleNamespace(config={BASELINE_KEY: True, INDEX_KEY: 0}, trial_id="x")) == "baseline"
+    jobs = [{"role": "confirm", "rank": 1, "seed": 112}, {"role": "twin", "rank": 1, "seed": 112},
+            {"role": "base", "rank": 0, "seed": 112}]
+    assert [job_name(job) for job in jobs] == ["confirm-r1-s112", "twin-r1-s112", "base-s112"]
