@@ -1,9 +1,12 @@
 """What cluster users watch on a trial's run (real SQLite MLflow store, real generated data): the splits as
-dataset inputs and `split.*` params, and MLflow's system metrics with the trial process's own share."""
+dataset inputs and `split.*` params, MLflow's system metrics with the trial process's own share (GPUs on a CUDA
+machine: pytest -m gpu), the short run names."""
 from __future__ import annotations
 
 import json
 
+import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from aaclip.config import DataConfig
@@ -83,3 +86,15 @@ def test_run_names_are_short_and_start_with_what_differs():
     jobs = [{"role": "confirm", "rank": 1, "seed": 112}, {"role": "twin", "rank": 1, "seed": 112},
             {"role": "base", "rank": 0, "seed": 112}]
     assert [job_name(job) for job in jobs] == ["confirm-r1-s112", "twin-r1-s112", "base-s112"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_node_each_gpu_and_the_process_gpu_memory_are_logged(tmp_path):
+    uri, client, run_id = new_run(tmp_path)
+    with system_metrics(run_id, uri, interval_s=60.0):
+        square = torch.ones(1024, 1024, device="cuda")  # 4 MB held by PyTorch's caching allocator
+        (square @ square).sum().item()
+    metrics = client.get_run(run_id).data.metrics
+    assert "system/gpu_0_utilization_percentage" in metrics and "system/gpu_0_memory_usage_megabytes" in metrics
+    assert metrics["system/process_gpu_memory_reserved_megabytes"] >= 4.0
