@@ -75,6 +75,13 @@ class Connector:
         return cls(uri, str(home) if current_uri(home, None) == uri else None)
 
 
+# MLflow 3.17's sidebar shows its GenAI or its model-training pages by the link's `workflowType` when it has one,
+# else by the browser's localStorage "mlflow.workflowType" (default genai) (server/js: WorkflowTypeProvider). The
+# assistant panel that opens on a browser's first visit follows localStorage alone
+# ("mlflow.assistant.fab.autoOpenedOnFirstLoad"): no link can keep it closed.
+MODEL_TRAINING = {"workflowType": "machine_learning"}
+
+
 def runs_link(uri: str, experiment_id: str, study: str | None = None, metric: str | None = None,
               mode: str = "max") -> str:
     """The runs table (parent/child nesting); MLflow 3's experiment link opens a GenAI overview instead.
@@ -85,12 +92,6 @@ def runs_link(uri: str, experiment_id: str, study: str | None = None, metric: st
     link = f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
     query = {**view_search(study, metric, mode), **MODEL_TRAINING}
     return f"{link}?{urlencode(query, quote_via=quote)}"
-
-
-# MLflow 3.17's sidebar switches between its GenAI and model-training pages by the link's `workflowType`, else by
-# the browser's localStorage "mlflow.workflowType" (default genai), which a link cannot set (server/js:
-# WorkflowTypeProvider). The assistant panel that opens on a browser's first visit is localStorage only.
-MODEL_TRAINING = {"workflowType": "machine_learning"}
 
 
 def view_search(study: str | None, metric: str | None, mode: str) -> dict[str, str]:
