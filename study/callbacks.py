@@ -172,7 +172,7 @@ def running_at(trial: Any) -> str:
         return ""
     planned, left = result.get(PLANNED_KEY), trial_seconds_left(result)
     of = f"/{int(planned)}" if isinstance(planned, (int, float)) and "epoch" in result else ""
-    return f"{trial} {' '.join(steps)}{of}" + (f", ~{duration_text(left)} left" if left is not None else "")
+    return f"{trial} {' '.join(steps)}{of}" + (f", ~{duration_text(left)} left" if left else "")  # 0: ending
 
 
 def progress_line(study_name: str, trials: list, metric: str, mode: str, scores: dict[str, float],
@@ -198,6 +198,6 @@ def progress_line(study_name: str, trials: list, metric: str, mode: str, scores:
         best = max(scored, key=lambda trial: sign * scores[trial.trial_id])
         line += f"; best completed: {metric} {scores[best.trial_id]:.4g} ({best})"
     left = phase_seconds_left(trials, total)
-    if left is not None:
+    if left:
         line += f"; ~{duration_text(left)} left at full schedules"
     return line

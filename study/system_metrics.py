@@ -57,7 +57,8 @@ def torch_gpu_megabytes() -> float | None:
 @contextmanager
 def system_metrics(run_id: str, tracking_uri: str, interval_s: float | None, warn=print) -> Iterator[None]:
     """Samples `system/*` metrics into the run every `interval_s` seconds (None: off) while the block runs, and
-    once more as it ends, so that even a trial shorter than the interval has its numbers."""
+    once more as it ends, so that even a trial shorter than the interval has its numbers. (MLflow's first
+    sample of the node's CPU reads 0: psutil's first reading in a thread has nothing to compare with.)"""
     if interval_s is None:
         yield
         return
@@ -66,6 +67,7 @@ def system_metrics(run_id: str, tracking_uri: str, interval_s: float | None, war
     monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True,
                                    tracking_uri=tracking_uri)
     monitor.monitors.append(ProcessMonitor())
+    psutil.cpu_percent()  # psutil measures the node's CPU per calling thread: the last sample's starts here
     monitor.start()
     try:
         yield
@@ -75,7 +77,10 @@ def system_metrics(run_id: str, tracking_uri: str, interval_s: float | None, war
 
 
 def publish_last_sample(monitor, warn) -> None:
-    """One sample at the end (the monitor drops the one it holds when told to stop)."""
+    """One sample as the block ends, taken in this thread: the node's CPU is its mean over the whole block. The
+    sample the monitor's thread holds goes (it would drop it anyway; its CPU reading is that thread's)."""
+    for part in monitor.monitors:
+        part.clear_metrics()
     try:
         monitor.collect_metrics()
         monitor.publish_metrics(monitor.aggregate_metrics())

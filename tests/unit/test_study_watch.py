@@ -4,6 +4,7 @@ machine: pytest -m gpu), the short run names."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -54,7 +55,9 @@ def test_splits_become_dataset_inputs_with_context_fingerprint_and_counts(tmp_pa
 def test_system_metrics_logs_node_and_process_use_even_for_a_short_block(tmp_path):
     uri, client, run_id = new_run(tmp_path)
     with system_metrics(run_id, uri, interval_s=60.0):  # ends long before the first interval: the last sample
-        sum(range(10**6))
+        started = time.process_time()
+        while time.process_time() - started < 0.3:  # busy for 0.3 s of CPU time
+            pass
     with system_metrics(run_id, uri, interval_s=60.0):  # a restarted attempt continues the steps
         pass
 
@@ -62,8 +65,11 @@ def test_system_metrics_logs_node_and_process_use_even_for_a_short_block(tmp_pat
                 "system/process_memory_rss_megabytes", "system/process_cpu_utilization_percentage"):
         history = client.get_metric_history(run_id, key)
         assert [point.step for point in history] == [0, 1], key
-    rss = client.get_metric_history(run_id, "system/process_memory_rss_megabytes")[0].value
-    assert 10 < rss < 100_000  # this test process's resident memory, in megabytes
+    first = {key: client.get_metric_history(run_id, f"system/{key}")[0].value
+             for key in ("process_memory_rss_megabytes", "cpu_utilization_percentage",
+                         "process_cpu_utilization_percentage")}
+    assert 10 < first["process_memory_rss_megabytes"] < 100_000  # this test process's resident memory, in MB
+    assert first["cpu_utilization_percentage"] > 0 and first["process_cpu_utilization_percentage"] > 0  # busy
 
 
 def test_system_metrics_off_logs_nothing(tmp_path):
