@@ -21,6 +21,7 @@ from torch import nn
 from aaclip import metric_names as names
 from aaclip.checkpoint import load_into, load_state, load_trained, read_base_adapters, save_checkpoint
 from aaclip.config import TrainConfig
+from aaclip.data.records import Record
 from aaclip.data.splits import split_summary
 from aaclip.notices import in_own_scope, recorded
 from aaclip.outputs import write_text_atomically
@@ -30,6 +31,7 @@ from aaclip.stages import STAGE_LOSSES
 
 EpochCallback = Callable[[dict[str, float], Path], None]
 LoopCallback = Callable[[dict[str, float]], None]
+SplitsCallback = Callable[[dict[str, list[Record]]], None]
 STAGE_GROUPS = {stage: names.groups(stage.part) for stage in (TEXT, IMAGE)}
 
 
@@ -145,14 +147,18 @@ def make_optimizer(session: Session, plan: StagePlan) -> torch.optim.Optimizer:
 
 @in_own_scope  # warnings.json and a trial's aaclip.warnings tag hold this run's notices only
 def fit(config: TrainConfig, *, out_dir: Path, on_epoch: EpochCallback | None = None,
-        on_loop: LoopCallback | None = None, resume: Path | None = None) -> FitResult:
+        on_loop: LoopCallback | None = None, resume: Path | None = None,
+        on_splits: SplitsCallback | None = None) -> FitResult:
     """Run the whole feedback schedule; resumable after any epoch from the checkpoint passed to `on_epoch`.
 
+    `on_splits` gets the records of each split once they are loaded and checked, before the first epoch.
     `on_loop` gets each loop record: loop 0 (eval.loop0, on a fresh run only: a resumed run had it), then every
     loop's end, just before that epoch's `on_epoch` (a run stopped in between redoes the epoch, and the record).
     """
     out_dir = Path(out_dir)
     session = build_session(config)
+    if on_splits is not None:
+        on_splits(session.data.splits)
     plan = feedback_plan(config.feedback)
     position, optimizer_states = Position(), {}
     if resume is not None:

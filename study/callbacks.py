@@ -14,6 +14,7 @@ from typing import Any, Collection
 
 from ray.tune import Callback
 
+from study.eta import PLANNED_KEY, duration_text, phase_seconds_left, trial_seconds_left
 from study.guard import GradientGuard
 from study.record import COMPLETED_KEY, Outcome, reached_rung
 from study.record import trial_outcome as outcome_of_result
@@ -115,8 +116,9 @@ class Progress(Callback):
     """One line when a trial ends, and at most every `every_s` seconds while trials run."""
 
     def __init__(self, study_name: str, metric: str, mode: str, every_s: float = 30.0, echo=print,
-                 interrupted: list[str] | None = None, show_best: bool = True):
+                 interrupted: list[str] | None = None, show_best: bool = True, total: int | None = None):
         self.study_name, self.metric, self.mode = study_name, metric, mode
+        self.total = total  # the phase's trial count, for the estimate of time left (None: no estimate)
         self.show_best = show_best  # off where the best single run means nothing (the confirmation's twins, base)
         self.interrupted = interrupted if interrupted is not None else []  # OutcomeRecorder's list, shared
         self.every_s = every_s
@@ -145,21 +147,28 @@ class Progress(Callback):
 
     def show(self, trials: list, force: bool = False) -> None:
         scores = self.scores if self.show_best else {}
-        line = progress_line(self.study_name, trials, self.metric, self.mode, scores, self.interrupted)
+        line = progress_line(self.study_name, trials, self.metric, self.mode, scores, self.interrupted, self.total)
         if force or line != self.last_line:
             self.echo(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
         self.last_line, self.last_time = line, time.monotonic()
 
 
 def running_at(trial: Any) -> str:
-    """Where a running trial is, from its last report: "smoke-003 loop 2 epoch 5" ("" before its first)."""
+    """Where a running trial is, from its last report: "t003 loop 2 epoch 5/8, ~40 s left" ("" before its
+    first)."""
     result = trial.last_result or {}
     steps = [f"{key} {int(result[key])}" for key in ("loop", "epoch") if isinstance(result.get(key), (int, float))]
-    return f"{trial} {' '.join(steps)}" if steps else ""
+    if not steps:
+        return ""
+    planned, left = result.get(PLANNED_KEY), trial_seconds_left(result)
+    of = f"/{int(planned)}" if isinstance(planned, (int, float)) and "epoch" in result else ""
+    return f"{trial} {' '.join(steps)}{of}" + (f", ~{duration_text(left)} left" if left else "")  # 0: ending
 
 
 def progress_line(study_name: str, trials: list, metric: str, mode: str, scores: dict[str, float],
-                  interrupted: Collection[str] = ()) -> str:
+                  interrupted: Collection[str] = (), total: int | None = None) -> str:
+    """Counts by state, where each running trial is, the best completed value and, given the phase's `total`
+    trials, an estimate of the time left (study/eta.py)."""
     # Tune marks the trials it stops at a Ctrl-C TERMINATED too: they are neither done nor pruned.
     done = [t for t in trials if t.status == "TERMINATED" and t.trial_id not in interrupted]
     completed = [t for t in done if (t.last_result or {}).get(COMPLETED_KEY)]
@@ -178,4 +187,7 @@ def progress_line(study_name: str, trials: list, metric: str, mode: str, scores:
         sign = 1 if mode == "max" else -1
         best = max(scored, key=lambda trial: sign * scores[trial.trial_id])
         line += f"; best completed: {metric} {scores[best.trial_id]:.4g} ({best})"
+    left = phase_seconds_left(trials, total)
+    if left:
+        line += f"; ~{duration_text(left)} left at full schedules"
     return line

@@ -97,12 +97,12 @@ def _job(role: str, rank: int, seed: int, source: str, config: dict[str, Any]) -
     return {"role": role, "rank": rank, "seed": seed, "source": source, "config": config}
 
 
-def job_name(study_name: str, job: dict[str, Any]) -> str:
-    """Readable run names: smoke-r1-on-s112, smoke-r1-off-s112 (the twin), smoke-base-s112."""
+def job_name(job: dict[str, Any]) -> str:
+    """Short run names that start with the role: confirm-r1-s112, twin-r1-s112 (cross-attention off), base-s112.
+    The study's name is in the parent run and the aaclip.study tag (study/tuner.py TrialNamer)."""
     if job["role"] == "base":
-        return f"{study_name}-base-s{job['seed']}"
-    side = "on" if job["role"] == "confirm" else "off"
-    return f"{study_name}-r{job['rank']}-{side}-s{job['seed']}"
+        return f"base-s{job['seed']}"
+    return f"{job['role']}-r{job['rank']}-s{job['seed']}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -120,11 +120,11 @@ def run_confirm_trial(config: dict[str, Any], context: TrialContext, jobs: list[
 
 
 class JobNamer:
-    def __init__(self, study_name: str, jobs: list[dict[str, Any]]):
-        self.study_name, self.jobs = study_name, jobs
+    def __init__(self, jobs: list[dict[str, Any]]):
+        self.jobs = jobs
 
     def __call__(self, trial) -> str:
-        return job_name(self.study_name, self.jobs[trial.config[JOB_KEY]])
+        return job_name(self.jobs[trial.config[JOB_KEY]])
 
 
 def make_confirm_tuner(study: Study, context: TrialContext, jobs: list[dict[str, Any]], storage: str,
@@ -136,7 +136,7 @@ def make_confirm_tuner(study: Study, context: TrialContext, jobs: list[dict[str,
     if restore_path:
         return tune.Tuner.restore(restore_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     spec = study.spec
-    namer = JobNamer(study.name, jobs)
+    namer = JobNamer(jobs)
     # No scheduler: a confirmation compares full runs. Jobs run in plan order, seed by seed.
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.trials.max_concurrent,
                                   trial_name_creator=namer, trial_dirname_creator=namer)
@@ -185,7 +185,8 @@ def confirm_study(study: Study, context: TrialContext, storage: str, tracker: Tr
          "and its cross-attention-off twin on every seed, and the base model)")
     tuner = make_confirm_tuner(study, context, jobs, storage, restore_path=path if restoring else None)
     # No "best completed" in its progress: the best single run may be a twin or the base; the verdict says more.
-    results = run_phase(tuner, study, context, f"{study.name} confirmation", show_best=False)
+    results = run_phase(tuner, study, context, f"{study.name} confirmation", show_best=False,
+                        total=len(jobs))
     tracker.drain()  # the confirmation runs' outcomes, which the verdict reads
     verdict = tracker.read(lambda client: study_verdict(client, client.get_run(run_id)), "the confirmed runs")
     if verdict is not None:

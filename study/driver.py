@@ -31,23 +31,23 @@ CRASH_WAIT_S = 30.0  # how long a crashed driver waits for an away server before
 
 
 def driver_callbacks(study: Study, context: TrialContext, guard: GradientGuard | None, label: str,
-                     show_best: bool = True) -> list:
+                     show_best: bool = True, total: int | None = None) -> list:
     """Outcomes to MLflow, the driver's heartbeat, progress lines (headed `label`, with the best completed run
-    if `show_best`); the recorder comes first."""
+    if `show_best`, and the time left for the phase's `total` trials); the recorder comes first."""
     spec = study.spec
     recorder = OutcomeRecorder(study.name, context.experiment_id, guard, spec.scheduler.time_attr,
                                context.connect, Path(context.aaclip_home))
     return [recorder, Heartbeat(recorder.tracker, context.parent_run_id),
             Progress(label, spec.objective.metric, spec.objective.mode, interrupted=recorder.interrupted,
-                     show_best=show_best)]
+                     show_best=show_best, total=total)]
 
 
 def run_phase(tuner: tune.Tuner, study: Study, context: TrialContext, label: str,
-              show_best: bool = True) -> tune.ResultGrid:
+              show_best: bool = True, total: int | None = None) -> tune.ResultGrid:
     """tuner.fit() with fresh driver callbacks (a restored Tuner's pickled ones hold the last session's state);
     raises StudyInterrupted when a signal or an unfinished trial ended it early."""
     run_config = tuner._local_tuner.get_run_config()  # noqa: SLF001 - Ray offers no public handle on it
-    run_config.callbacks = driver_callbacks(study, context, run_config.stop, label, show_best)
+    run_config.callbacks = driver_callbacks(study, context, run_config.stop, label, show_best, total)
     recorder, heartbeat = run_config.callbacks[:2]
     heartbeat.beat()
     interruption = Interruption()

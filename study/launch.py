@@ -145,7 +145,8 @@ def _run_phases(tuner: tune.Tuner, study: Study, context: TrialContext, experime
     """The search, then the confirmation (study/confirm.py), in one session: the parent run ends once, after
     both, and the closing lines are printed once, at the very end."""
     with study_session(study, context) as tracker:
-        search = run_phase(tuner, study, context, study.name)
+        search = run_phase(tuner, study, context, study.name,
+                           total=study.num_samples() + int(study.spec.baseline))
         confirm_trials, confirm_errors = confirm_study(study, context, experiment_path.rsplit("/", 1)[0], tracker,
                                                        echo)
     left = replay_all(tracker.client, Path(context.aaclip_home), study.name)

@@ -77,7 +77,7 @@ class ReportPage:
                      "Filled circles ran their whole schedule; hollow squares were pruned by ASHA and hollow "
                      "triangles stopped by the gradient guard, at the rung given in the table below (their value "
                      "is from that earlier point, so it is not comparable with a final value). Labels are MLflow "
-                     f"run names without the '{self.name}-' prefix.")
+                     "run names.")
         self.section("Objective against loops and learning rates", "objective_vs_loops_and_lrs", "")
         self.section("Every trial, in start order", "optimization_history", "")
         self.trials_table()

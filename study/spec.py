@@ -85,6 +85,9 @@ class ConfirmSpec(Strict):
 class TrackingSpec(Strict):
     uri: str | None = None  # null -> $MLFLOW_TRACKING_URI, else the embedded local server
     experiment: str | None = None  # null -> the study name
+    # Seconds between samples of each trial's system/* metrics (CPU, memory, GPU: study/system_metrics.py);
+    # null: none.
+    system_metrics_s: float | None = Field(10.0, gt=0.0)
 
 
 class StudySpec(Strict):

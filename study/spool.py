@@ -64,6 +64,10 @@ def apply(client: MlflowClient, op: dict[str, Any]) -> None:
         client.log_artifact(run_id, op["file"], op.get("folder"))
     elif kind == "log_text":
         client.log_text(run_id, op["text"], op["artifact_file"])
+    elif kind == "log_inputs":
+        from study.datasets import dataset_input  # study.datasets imports aaclip.data: only where it is used
+
+        client.log_inputs(run_id, datasets=[dataset_input(item) for item in op["datasets"]])
     elif kind == "status":
         client.update_run(run_id, status=op["status"])
     elif kind == "terminate":

@@ -79,6 +79,13 @@ class Connector:
         return cls(uri, str(home) if current_uri(home, None) == uri else None)
 
 
+# MLflow 3.17's sidebar shows its GenAI or its model-training pages by the link's `workflowType` when it has one,
+# else by the browser's localStorage "mlflow.workflowType" (default genai) (server/js: WorkflowTypeProvider). The
+# assistant panel that opens on a browser's first visit follows localStorage alone
+# ("mlflow.assistant.fab.autoOpenedOnFirstLoad"): no link can keep it closed.
+MODEL_TRAINING = {"workflowType": "machine_learning"}
+
+
 def runs_link(uri: str, experiment_id: str, study: str | None = None, metric: str | None = None,
               mode: str = "max") -> str:
     """The runs table (parent/child nesting); MLflow 3's experiment link opens a GenAI overview instead.
@@ -87,8 +94,8 @@ def runs_link(uri: str, experiment_id: str, study: str | None = None, metric: st
     link's query (server/js: searchFilter, orderByKey as metrics.`KEY`, orderByAsc "true"/"false").
     """
     link = f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
-    query = view_search(study, metric, mode)
-    return f"{link}?{urlencode(query, quote_via=quote)}" if query else link
+    query = {**view_search(study, metric, mode), **MODEL_TRAINING}
+    return f"{link}?{urlencode(query, quote_via=quote)}"
 
 
 def view_search(study: str | None, metric: str | None, mode: str) -> dict[str, str]:
@@ -110,10 +117,19 @@ def save_study_view(client: MlflowClient, experiment_id: str, study: str, metric
                     space_keys: list[str]) -> None:
     """The study's view of the runs table: its runs, best objective first, with the objective, the outcome,
     the rung a pruned trial stopped at and the searched params as columns."""
-    state = {**view_search(study, metric, mode), "orderByAsc": mode == "min",
-             "selectedColumns": [f"metrics.`{metric}`", f"tags.`{Tag.OUTCOME}`", f"tags.`{Tag.PRUNED_AT}`",
-                                 *(f"params.`{key}`" for key in space_keys)]}
+    columns = [f"metrics.`{metric}`", f"tags.`{Tag.OUTCOME}`", f"tags.`{Tag.PRUNED_AT}`",
+               *(f"params.`{key}`" for key in space_keys)]
+    # The UI applies widths only to the columns of columnOrder (server/js: applyColumnState over columnOrder).
+    state = {**view_search(study, metric, mode), "orderByAsc": mode == "min", "selectedColumns": columns,
+             "columnOrder": columns, "columnWidths": {column: header_width(column) for column in columns}}
     client.set_experiment_tag(experiment_id, SHARED_VIEW + study, json.dumps(state))
+
+
+def header_width(column: str) -> int:
+    """Pixels for a column whose header shows its whole key (`cross_attention.image_scale.learnable`), within
+    bounds: MLflow's default of 100 px cuts every such key to the same `cross_attention…`."""
+    key = column.split("`")[1]
+    return min(max(100, 7 * len(key) + 40), 320)  # about 7 px a character, and the sort icon
 
 
 def study_link(client: MlflowClient, uri: str, experiment_id: str, study: str, metric: str, mode: str) -> str:
@@ -123,7 +139,8 @@ def study_link(client: MlflowClient, uri: str, experiment_id: str, study: str, m
     except Exception:  # noqa: BLE001 - the server is away: the link without the view still works later
         saved = False
     if saved:
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={study}"
+        query = urlencode({"viewStateShareKey": study, **MODEL_TRAINING}, quote_via=quote)
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
     return runs_link(uri, experiment_id, study, metric, mode)
 
 

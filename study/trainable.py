@@ -19,17 +19,19 @@ from typing import Any, Iterator
 import ray.tune
 
 from aaclip.config import TrainConfig
-from aaclip.data.splits import load_splits, split_summary
 from aaclip.notices import recorded
 from aaclip.schedule import describe_epochs, feedback_plan
 from study.callbacks import remove_scratch
+from study.datasets import SplitRecorder
 from study.devices import require_cuda_for_assigned_gpus
 from aaclip.mlflow_env import CLIENT_SETTINGS
+from study.eta import PLANNED_KEY
 from study.plots import gradient_flow_plot
 from study.record import COMPLETED_KEY, Outcome, Tag
 from study.searcher import OPTUNA_KEY, is_baseline, run_identity
 from study.spec import Study, planned_epochs
-from study.spool import batch_op, spool_root
+from study.spool import spool_root
+from study.system_metrics import system_metrics
 from study.tracking import Connector, TrialRun, numeric_metrics
 
 MAX_TAG_CHARS = 5000  # keeps a long list of warnings within MLflow's tag limits
@@ -99,7 +101,6 @@ def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseli
 
     require_cuda_for_assigned_gpus()
     configure_threads(assigned_cpus(), train_config.data.workers)
-    splits = split_summary(load_splits(train_config.data))  # which images the trial saw; refuses val/test overlap
     tune_context = ray.tune.get_context()
     trial_id = tune_context.get_trial_id()
     tracker = context.connect.tracker(spool_root(Path(context.aaclip_home), context.study.name) / trial_id)
@@ -109,8 +110,6 @@ def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseli
                         parent_run_id=context.parent_run_id, study=context.study.name,
                         trial_id=trial_id, trial_name=tune_context.get_trial_name(),
                         config=train_config, baseline=baseline, role=role, tags=tags)
-    # The same values again on a restart, which MLflow accepts.
-    run.tracker.write(batch_op(run.run_id, params={key: str(value) for key, value in splits.items()}))
     # Under AACLIP_HOME, not /tmp: a worker killed mid-trial leaves its scratch where the project's state lives.
     # Ray runs one attempt of a trial at a time: folders of this trial's earlier attempts are dead ones'.
     remove_scratch(Path(context.aaclip_home), trial_id)
@@ -119,9 +118,11 @@ def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseli
     out_dir = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-", dir=scratch))
     reporter = EpochReporter(context.study, run, out_dir, planned_epochs(train_config),
                              run_identity(run.run_id, tune_context.get_trial_name()))
+    watched = system_metrics(run.run_id, context.connect().tracking_uri, context.study.spec.tracking.system_metrics_s)
     try:
-        with restored_checkpoint() as resume:
-            fit(train_config, out_dir=out_dir, on_epoch=reporter, on_loop=reporter.log_loop, resume=resume)
+        with restored_checkpoint() as resume, watched:
+            fit(train_config, out_dir=out_dir, on_epoch=reporter, on_loop=reporter.log_loop, resume=resume,
+                on_splits=SplitRecorder(run, train_config.data))  # which images the trial saw
         reporter.finish()
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -167,7 +168,7 @@ class EpochReporter:
             if completed:
                 self.run.set_tags({Tag.OUTCOME: Outcome.COMPLETED})
             self.run.mark_epoch(int(metrics["epoch"]))  # last: a restart redoes whatever came before it
-        report = {**numeric_metrics(metrics), **self.identity}
+        report = {**numeric_metrics(metrics), **self.identity, PLANNED_KEY: self.planned}  # for the time left
         if completed:
             report[COMPLETED_KEY] = 1.0
         ray.tune.report(report, checkpoint=ray.tune.Checkpoint.from_directory(checkpoint_dir))

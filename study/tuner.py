@@ -51,16 +51,14 @@ def make_scheduler(study: Study) -> TrialScheduler:
 
 
 class TrialNamer:
-    """Readable trial names: <study>-<index> (001, 002, ... in sampling order), and <study>-baseline."""
-
-    def __init__(self, study_name: str):
-        self.study_name = study_name
+    """Short trial names, distinct at the front where MLflow's runs table cuts them: t001, t002, ... in sampling
+    order, and baseline. The study's name is the parent run's and every run's aaclip.study tag, not repeated."""
 
     def __call__(self, trial) -> str:
         if is_baseline(trial.config):
-            return f"{self.study_name}-baseline"
+            return "baseline"
         index = trial.config.get(INDEX_KEY)
-        return f"{self.study_name}-{index:03d}" if isinstance(index, int) else f"{self.study_name}-{trial.trial_id}"
+        return f"t{index:03d}" if isinstance(index, int) else f"trial-{trial.trial_id}"
 
 
 def make_trainable(study: Study, context: TrialContext):
@@ -76,7 +74,7 @@ def make_tuner(study: Study, context: TrialContext, storage: str) -> tune.Tuner:
     searcher = ConcurrencyLimiter(BaselineFirst(search, enabled=spec.baseline),
                                   max_concurrent=spec.trials.max_concurrent)
     guard = GradientGuard(spec.guard)
-    namer = TrialNamer(study.name)
+    namer = TrialNamer()
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(study),
                                   num_samples=study.num_samples() + int(spec.baseline),
                                   trial_name_creator=namer, trial_dirname_creator=namer)

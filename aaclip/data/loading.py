@@ -41,15 +41,21 @@ def load_records(spec: DatasetSpec) -> list[Record]:
 
 def _resolve_root(spec: DatasetSpec) -> tuple[Path, str]:
     """(root, layout to read it with). A synthetic dataset is generated here if it is missing."""
+    root = dataset_root(spec)
     if spec.kind == "synthetic":
-        root = Path(spec.root).expanduser().resolve() if spec.root else synthetic_root(spec.domain, spec.seed)
         return root, ensure_synthetic(root, spec.domain, spec.seed)
-    root = Path(spec.root).expanduser().resolve()
     if not root.exists():
         raise DataError(f"{root}: dataset root not found; check the dataset's root in the config")
     if spec.kind != "jsonl" and not root.is_dir():  # only a jsonl root may be a file
         raise DataError(f"{root}: a {spec.kind} dataset root must be a folder")
     return root, spec.kind
+
+
+def dataset_root(spec: DatasetSpec) -> Path:
+    """Where the dataset lies (absolute); a synthetic one without a root lies in its default folder."""
+    if spec.kind == "synthetic" and not spec.root:
+        return synthetic_root(spec.domain, spec.seed)
+    return Path(spec.root).expanduser().resolve()
 
 
 def _reader(layout: str) -> Callable[[Path, str], list[Record]]:

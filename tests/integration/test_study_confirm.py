@@ -83,6 +83,10 @@ def test_confirmation_pairs_every_config_with_its_twin_and_resumes(ray_cluster, 
     assert sorted(run.data.tags["aaclip.role"] for run in runs) == ["base", "base", "confirm", "confirm", "twin",
                                                                     "twin"]
     assert all(run.data.tags["aaclip.outcome"] == "completed" for run in runs)
+    for run in runs:  # short names that start with the role (the study's name is the parent's)
+        tags = run.data.tags
+        rank = "" if tags["aaclip.role"] == "base" else f"-r{tags['aaclip.confirm_rank']}"
+        assert run.info.run_name == f"{tags['aaclip.role']}{rank}-s{tags['aaclip.confirm_seed']}", run.info.run_name
     finished_before = {run.info.run_id: attempts(run) for run in runs if run.info.run_id in before}
     assert finished_before == before, "a confirmation run finished before the kill was run again"
     check_fresh_seeds_and_twins(runs, search)

@@ -114,6 +114,7 @@ def check_run_contents(client: MlflowClient, runs: list) -> None:
             assert int(run.data.params[f"split.{split}.images"]) > 0
             assert len(run.data.params[f"split.{split}.fingerprint"]) == 16
         assert run.data.params["split.val.fingerprint"] != run.data.params["split.test.fingerprint"]
+        check_watched(client, run)
         artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "gradient_flow.png", "gallery", "best_adapters"} <= artifacts, artifacts
         gallery = {item.path for item in client.list_artifacts(run.info.run_id, "gallery")}
@@ -141,11 +142,23 @@ def check_loop_curves(client: MlflowClient, run) -> None:
         assert sorted(loops) == [0, 1, 2]
 
 
+def check_watched(client: MlflowClient, run) -> None:
+    """The splits as dataset inputs (one per context, digest = fingerprint) and MLflow's system metrics: at least
+    the sample a trial logs as it ends (a pruned trial's worker is killed first, so only completed ones)."""
+    inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
+    by_context = {tag.value: item.dataset for item in inputs for tag in item.tags if tag.key == "mlflow.data.context"}
+    assert sorted(by_context) == ["test", "train", "val"], run.info.run_name
+    assert all(by_context[split].digest == run.data.params[f"split.{split}.fingerprint"] for split in by_context)
+    if run.data.tags["aaclip.outcome"] == "completed":
+        for key in ("system/cpu_utilization_percentage", "system/process_memory_rss_megabytes"):
+            assert client.get_metric_history(run.info.run_id, key), f"{run.info.run_name}: no {key}"
+
+
 def check_baseline(runs: list) -> None:
     baselines = [run for run in runs if run.data.tags["aaclip.baseline"] == "true"]
     assert len(baselines) == 1
     baseline = baselines[0]
-    assert baseline.info.run_name == f"{NAME}-baseline"
+    assert baseline.info.run_name == "baseline"
     assert baseline.data.params["cross_attention.enabled"] == "false"
     # Nothing of cross-attention but that it is off: no scale, heads or start loop as params, no scale curve.
     assert [key for key in baseline.data.params if key.startswith("cross_attention.")] == ["cross_attention.enabled"]

@@ -93,7 +93,7 @@ def check_study(client: MlflowClient, name: str) -> None:
     parent = find_parent_run(client, name)
     assert parent.info.status == "FINISHED"
     runs = trial_runs(client, parent)
-    assert len(runs) == 1 and runs[0].info.run_name.startswith(name)  # exactly one run per trial
+    assert len(runs) == 1 and runs[0].info.run_name == "t001"  # exactly one run per trial
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["aaclip.outcome"] == "completed", run.info
     epochs = [point.step for point in client.get_metric_history(run.info.run_id, "epoch")]

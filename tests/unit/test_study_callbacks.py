@@ -61,6 +61,26 @@ def test_progress_line_shows_where_each_running_trial_is():
     assert line.endswith("2 running, 0 pending (s-001 loop 2 epoch 5)")
 
 
+def test_progress_line_estimates_time_left_per_trial_and_for_the_phase():
+    class Named(SimpleNamespace):
+        def __str__(self) -> str:
+            return self.trial_id
+
+    def report(loop: int, epoch: int, seconds: float) -> dict:  # a trial of 8 planned epochs
+        return {"loop": loop, "epoch": epoch, "trial/planned_epochs": 8, "time_total_s": seconds,
+                "training_iteration": epoch}
+
+    trials = [Named(trial_id="t001", status="TERMINATED", last_result={**report(2, 8, 96.0), "trial/completed": 1}),
+              Named(trial_id="t002", status="RUNNING", last_result=report(2, 6, 60.0)),  # 10 s an epoch, 2 left
+              Named(trial_id="t003", status="RUNNING", last_result=report(1, 2, 40.0))]  # 20 s an epoch, 6 left
+    line = progress_line("s", trials, "val/pixel_auroc", "max", {}, total=5)
+    assert "(t002 loop 2 epoch 6/8, ~20 s left; t003 loop 1 epoch 2/8, ~2 min left)" in line
+    # left: 20 s + 120 s for the running two, and 2 trials not started yet at the median whole schedule
+    # (96, 80, 160 s -> 96 s each), shared by the 2 running side by side: (140 + 192) / 2 = 166 s
+    assert line.endswith("; ~3 min left at full schedules")
+    assert "left at full" not in progress_line("s", trials, "val/pixel_auroc", "max", {})  # no total, no guess
+
+
 def test_progress_line_after_ctrl_c_counts_stopped_trials_as_interrupted():
     trials = [trial("a", "TERMINATED", **{"trial/completed": 1.0}), trial("b", "TERMINATED"), trial("c", "TERMINATED")]
     line = progress_line("s", trials, "val/pixel_auroc", "max", {}, interrupted=["b", "c"])

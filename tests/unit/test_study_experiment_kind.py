@@ -44,9 +44,10 @@ def test_the_printed_link_shows_the_study_best_first():
     base, query = link.split("?")
     assert base == "http://127.0.0.1:5000/#/experiments/7/runs"
     assert parse_qs(query) == {"searchFilter": ["tags.`aaclip.study` = 'smoke-1'"],
-                               "orderByKey": ["metrics.`val/pixel_auroc`"], "orderByAsc": ["false"]}
-    assert runs_link("http://h", "7", "s", "val/loss", "min").endswith("orderByAsc=true")
-    assert runs_link("http://h", "7") == "http://h/#/experiments/7/runs"
+                               "orderByKey": ["metrics.`val/pixel_auroc`"], "orderByAsc": ["false"],
+                               "workflowType": ["machine_learning"]}  # the sidebar on model training, not GenAI
+    assert "orderByAsc=true" in runs_link("http://h", "7", "s", "val/loss", "min")
+    assert runs_link("http://h", "7") == "http://h/#/experiments/7/runs?workflowType=machine_learning"
 
 
 def test_a_saved_study_view_is_what_the_link_opens(tmp_path: Path) -> None:
@@ -62,8 +63,11 @@ def test_a_saved_study_view_is_what_the_link_opens(tmp_path: Path) -> None:
     assert "orderByKey=" in study_link(client, uri, experiment, "s1", "val/loss", "min")  # no view saved yet
     save_study_view(client, experiment, "s1", "val/loss", "min", ["optim.image_lr"])
     assert study_link(client, uri, experiment, "s1", "val/loss", "min") == \
-        f"{uri}/#/experiments/{experiment}/runs?viewStateShareKey=s1"
+        f"{uri}/#/experiments/{experiment}/runs?viewStateShareKey=s1&workflowType=machine_learning"
     state = json.loads(client.get_experiment(experiment).tags[SHARED_VIEW + "s1"])
     assert state["orderByKey"] == "metrics.`val/loss`" and state["orderByAsc"] is True
     assert state["selectedColumns"][:2] == ["metrics.`val/loss`", "tags.`aaclip.outcome`"]
     assert "params.`optim.image_lr`" in state["selectedColumns"]
+    # whole keys in the headers: the UI sizes the columns that columnOrder lists
+    assert state["columnOrder"] == state["selectedColumns"] and set(state["columnWidths"]) == set(state["columnOrder"])
+    assert state["columnWidths"]["params.`optim.image_lr`"] == 7 * len("optim.image_lr") + 40
