@@ -103,7 +103,7 @@ def export(name: str = typer.Argument(...),
                                                   "adapters and this config as a new version of this MLflow model.")
            ) -> None:
     """Write the best (or a chosen) trial's complete TrainConfig, with provenance, for `aaclip train`."""
-    from aaclip.preflight import check_model_name
+    from aaclip.preflight import check_model_name  # lazy, like every command's imports: a fast --help
     from study.export import check_output, export_and_register, export_trial
 
     check_output(output)  # before a server is started or asked

@@ -13,8 +13,6 @@ import json
 from collections import Counter
 from typing import Any
 
-from mlflow.entities import Dataset, DatasetInput, InputTag
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from aaclip.config import DataConfig, DatasetSpec
 from aaclip.data.loading import dataset_root
@@ -33,12 +31,6 @@ def dataset_record(context: str, spec: DatasetSpec, records: list[Record]) -> di
     return {"context": context, "name": f"{context}: {spec.kind} {root.name}/{spec.split}{part}{shots}",
             "digest": split_fingerprint(records), "source_type": "local", "source": str(root),
             "profile": json.dumps(profile)}
-
-
-def dataset_input(item: dict[str, Any]) -> DatasetInput:
-    dataset = Dataset(name=item["name"], digest=item["digest"], source_type=item["source_type"],
-                      source=item["source"], profile=item["profile"])
-    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, item["context"])])
 
 
 def inputs_op(run_id: str, data: DataConfig, splits: dict[str, list[Record]]) -> dict[str, Any]:

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import requests
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from study.locks import file_lock
 from study.record import mark_trial_outcome
@@ -55,6 +56,13 @@ def batch_op(run_id: str, *, metrics: list[Metric] = (), params: dict[str, str] 
             "params": sorted((params or {}).items()), "tags": sorted((tags or {}).items())}
 
 
+def dataset_input(item: dict[str, Any]) -> DatasetInput:
+    """A spooled dataset record (study/datasets.py dataset_record) as MLflow's entity."""
+    dataset = Dataset(name=item["name"], digest=item["digest"], source_type=item["source_type"],
+                      source=item["source"], profile=item["profile"])
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, item["context"])])
+
+
 def apply(client: MlflowClient, op: dict[str, Any]) -> None:
     kind, run_id = op["op"], op.get("run_id")
     if kind == "log_batch":
@@ -65,8 +73,6 @@ def apply(client: MlflowClient, op: dict[str, Any]) -> None:
     elif kind == "log_text":
         client.log_text(run_id, op["text"], op["artifact_file"])
     elif kind == "log_inputs":
-        from study.datasets import dataset_input  # study.datasets imports aaclip.data: only where it is used
-
         client.log_inputs(run_id, datasets=[dataset_input(item) for item in op["datasets"]])
     elif kind == "status":
         client.update_run(run_id, status=op["status"])

@@ -13,11 +13,13 @@ away stops them for the rest of the attempt instead of holding the trial.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
 import psutil
 from mlflow.system_metrics.metrics.base_metrics_monitor import BaseMetricsMonitor
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from study.spool import is_transient
 
@@ -46,8 +48,6 @@ class ProcessMonitor(BaseMetricsMonitor):
 
 def torch_gpu_megabytes() -> float | None:
     """GPU memory this process's PyTorch holds on its devices, or None where it has not touched CUDA."""
-    import sys
-
     torch = sys.modules.get("torch")  # never imports torch (nor starts CUDA) for a measurement
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return None
@@ -62,8 +62,6 @@ def system_metrics(run_id: str, tracking_uri: str, interval_s: float | None, war
     if interval_s is None:
         yield
         return
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
     monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True,
                                    tracking_uri=tracking_uri)
     monitor.monitors.append(ProcessMonitor())

@@ -305,8 +305,9 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 
 def _node() -> str:
     # Ray as the process has it: every trial's worker has imported it; status, export and report never do.
+    # Only a connected Ray is asked: get_runtime_context() would otherwise start one (or join whatever cluster
+    # this machine last started, and hang if it is gone).
     ray = sys.modules.get("ray")
-    try:
-        return ray.get_runtime_context().get_node_id() if ray is not None else socket.gethostname()
-    except Exception:  # outside a Ray worker (tests, a local debug run): the host is the node
-        return socket.gethostname()
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()  # outside a Ray worker (tests, a local debug run): the host is the node

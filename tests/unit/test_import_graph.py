@@ -118,7 +118,7 @@ def test_study_imports_at_the_top_but_for_its_documented_lazy_imports() -> None:
             if name.startswith("study") and function_level_imports(path)}
     assert lazy == {
         "study.cli": {"study.server", "study.tracking", "study.spec", "study.launch", "study.status",
-                      "study.export", "study.report"},
+                      "study.export", "study.report", "aaclip.preflight"},
         "study.devices": {"torch"}, "study.report": {"optuna.visualization"},
         "study.export": {"aaclip.checkpoint", "aaclip.mlflow_model"},
         "study.trainable": {"aaclip.threads", "aaclip.train"},
