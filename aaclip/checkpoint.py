@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from aaclip.config import TrainConfig
@@ -88,16 +90,11 @@ def load_trainable(model: nn.Module, adapters: dict[str, torch.Tensor], source: 
 
 def write_safetensors(adapters: dict[str, torch.Tensor], path: Path) -> Path:
     """Adapters as safetensors (the registry's format: no pickle, loadable without this project's code)."""
-    from safetensors.torch import save_file
-
     save_file({key: value.detach().cpu().contiguous() for key, value in adapters.items()}, str(path))
     return Path(path)
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except (OSError, SafetensorError) as error:

@@ -101,7 +101,7 @@ def train(config: str = typer.Argument(..., help="Config file or shipped name (t
 def _tracked_run(tracking_uri: Optional[str], register: Optional[str], experiment: Optional[str], settings,
                  config: str):
     """The MLflow run of this training, or None without a tracking URI. Refusals come before anything is made."""
-    from aaclip.preflight import check_model_name
+    from aaclip.preflight import check_model_name  # lazy: numpy and PIL (see the top)
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if register is not None:
@@ -112,7 +112,7 @@ def _tracked_run(tracking_uri: Optional[str], register: Optional[str], experimen
                               "MLFLOW_TRACKING_URI")
         return None
     from aaclip.config import resolve_config_path
-    from aaclip.tracking_run import RetrainRun, check_tracking_server
+    from aaclip.tracking_run import RetrainRun, check_tracking_server  # lazy: mlflow, only when tracking
 
     check_tracking_server(uri)
     return RetrainRun(uri, settings, resolve_config_path(config), experiment)

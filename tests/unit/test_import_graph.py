@@ -123,3 +123,17 @@ def test_study_imports_at_the_top_but_for_its_documented_lazy_imports() -> None:
         "study.export": {"aaclip.checkpoint", "aaclip.mlflow_model"},
         "study.trainable": {"aaclip.threads", "aaclip.train"},
     }
+
+
+def test_aaclip_imports_at_the_top_but_for_its_documented_lazy_imports() -> None:
+    """Each lazy import in aaclip/ keeps something slow out of a process that does not need it (a comment says
+    which): the CLI's commands (a fast --help and fast refusals), matplotlib where a gallery is drawn, and the
+    dataset's torch part (aaclip.data, checked above)."""
+    lazy = {name: function_level_imports(path) for name, path in modules().items()
+            if name.startswith("aaclip") and name != "aaclip.data" and function_level_imports(path)}
+    assert lazy == {
+        "aaclip.cli": {"aaclip", "aaclip.architecture", "aaclip.checkpoint", "aaclip.config", "aaclip.data.synthetic",
+                       "aaclip.factory", "aaclip.preflight", "aaclip.profile", "aaclip.session", "aaclip.threads",
+                       "aaclip.tracking_run", "aaclip.train"},
+        "aaclip.evaluate": {"matplotlib", "matplotlib.pyplot"},
+    }
