@@ -19,15 +19,15 @@ from typing import Any, Iterator
 import ray.tune
 
 from aaclip.config import TrainConfig
+from aaclip.mlflow_env import CLIENT_SETTINGS
 from aaclip.notices import recorded
 from aaclip.schedule import describe_epochs, feedback_plan
 from study.callbacks import remove_scratch
 from study.datasets import SplitRecorder
 from study.devices import require_cuda_for_assigned_gpus
-from aaclip.mlflow_env import CLIENT_SETTINGS
 from study.eta import PLANNED_KEY
 from study.plots import gradient_flow_plot
-from study.record import COMPLETED_KEY, Outcome, Tag
+from study.record import COMPLETED_KEY, Outcome, Tag, find_trial_run
 from study.searcher import OPTUNA_KEY, is_baseline, run_identity
 from study.spec import Study, planned_epochs
 from study.spool import spool_root
@@ -104,6 +104,12 @@ def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseli
     tune_context = ray.tune.get_context()
     trial_id = tune_context.get_trial_id()
     tracker = context.connect.tracker(spool_root(Path(context.aaclip_home), context.study.name) / trial_id)
+    planned = planned_epochs(train_config)
+    finished = tracker.read(lambda client: finished_run(client, context.experiment_id, context.study.name, trial_id,
+                                                        planned), "reading the run")
+    if finished is not None:  # trained and logged whole by an earlier attempt: told again, not trained again
+        report_finished(finished, planned, run_identity(finished.info.run_id, tune_context.get_trial_name()))
+        return
     # The stage of every epoch, on the run: a metric step carries no tag, and the charts' x axis is the epoch.
     tags = {Tag.SCHEDULE: describe_epochs(feedback_plan(train_config.feedback)), **(tags or {})}
     run = TrialRun.open(tracker, experiment_id=context.experiment_id,
@@ -116,7 +122,7 @@ def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseli
     scratch = Path(context.aaclip_home) / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     out_dir = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-", dir=scratch))
-    reporter = EpochReporter(context.study, run, out_dir, planned_epochs(train_config),
+    reporter = EpochReporter(context.study, run, out_dir, planned,
                              run_identity(run.run_id, tune_context.get_trial_name()))
     watched = system_metrics(run.run_id, context.connect().tracking_uri, context.study.spec.tracking.system_metrics_s)
     try:
@@ -126,6 +132,19 @@ def train_and_report(context: TrialContext, train_config: TrainConfig, *, baseli
         reporter.finish()
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def finished_run(client, experiment_id: str, study: str, trial_id: str, planned: int):
+    """The trial's run when an earlier attempt logged every planned epoch (the worker marks an epoch last), else
+    None. Ray reruns such a trial when the driver stopped before it saw the final report (Ctrl-C just then)."""
+    run = find_trial_run(client, experiment_id, study, trial_id)
+    finished = run is not None and int(run.data.tags.get(Tag.LAST_EPOCH, 0)) >= planned
+    return run if finished else None
+
+
+def report_finished(run, planned: int, identity: dict[str, str]) -> None:
+    """The finished run's last values as the trial's final result: the driver then records it completed."""
+    ray.tune.report({**numeric_metrics(run.data.metrics), **identity, PLANNED_KEY: planned, COMPLETED_KEY: 1.0})
 
 
 def assigned_cpus() -> float:
