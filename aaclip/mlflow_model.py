@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import shutil
 import tempfile
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from aaclip.mlflow_env import apply_client_settings
 
@@ -71,6 +73,10 @@ class AdaptedClipModel(PythonModel):
     `model_config={"device": "cpu"}` at load time overrides the config's model.device (a GPU-trained model on a
     machine without one).
     """
+
+    # The input is a float32 image tensor that the explicit signature describes; MLflow's type-hint validation
+    # (which wraps predict and warns at class creation when it finds no hints) covers no tensor type.
+    _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
         self.config = load_config(context.artifacts[CONFIG])
@@ -132,6 +138,28 @@ def register_adapters(client: MlflowClient, run_id: str, name: str, adapters: di
     finished trial's run would change its status) and files a model of an explicit run under the default
     experiment instead of the run's.
     """
+    with quiet_registration():
+        return _register(client, run_id, name, adapters, config_file, description=description, tags=tags)
+
+
+@contextlib.contextmanager
+def quiet_registration() -> Iterator[None]:
+    """Keep MLflow's notes on registering out of the terminal: that no input example was given (the signature is
+    explicit, and an example would have to load CLIP to be checked), that the model class is pickled (it is this
+    package's own, pickled by reference), and that it waits for the version to be ready."""
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _register(client: MlflowClient, run_id: str, name: str, adapters: dict[str, torch.Tensor], config_file: Path,
+              *, description: str, tags: dict[str, str]):
     run = client.get_run(run_id)
     config = load_config(config_file)  # refuses a config that would not load back
     logged = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
