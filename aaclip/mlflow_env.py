@@ -1,6 +1,7 @@
 """MLflow client settings every process that talks to MLflow runs with (a study's, and `aaclip train
---tracking-uri`): no telemetry, bounded timeouts and retries. In aaclip (not study/) because aaclip logs too and
-never imports study.
+--tracking-uri`): no telemetry, bounded timeouts and retries; and the MLflow conventions both rely on (the
+experiment tag that picks the UI's view, the run description's tag, the server's health probe). In aaclip (not
+study/) because aaclip logs too and never imports study.
 
 Why telemetry is off (the `_MLFLOW_TELEMETRY_SESSION_ID` KeyError, MLflow 3.17): `import mlflow` starts a
 telemetry client (mlflow/__init__.py -> telemetry.client.set_telemetry_client) that fetches its config from a
@@ -21,6 +22,7 @@ the client itself fails fast.
 from __future__ import annotations
 
 import os
+import urllib.request
 
 CLIENT_SETTINGS = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -39,3 +41,18 @@ def apply_client_settings() -> None:
 def client_settings() -> dict[str, str]:
     """The values in force in this process, to hand to another (a Ray worker, the server)."""
     return {name: os.environ.get(name, value) for name, value in CLIENT_SETTINGS.items()}
+
+
+# MLflow 3's UI opens an experiment by this tag: without it, on its GenAI pages (traces, judges); with it, on the
+# model-training runs table. The value is the UI's own constant (server/js: CUSTOM_MODEL_DEVELOPMENT).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+DESCRIPTION = "mlflow.note.content"  # a run's description, rendered as markdown on its page
+
+
+def is_healthy(uri: str, timeout_s: float = 2.0) -> bool:
+    """The tracking server at an http(s) URI answers its /health endpoint."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            return response.status == 200
+    except (OSError, ValueError):  # refused, timed out, HTTP error, malformed URI
+        return False

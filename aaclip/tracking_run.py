@@ -12,13 +12,12 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from aaclip.mlflow_env import apply_client_settings
+from aaclip.mlflow_env import DESCRIPTION, EXPERIMENT_KIND, apply_client_settings, is_healthy
 
 apply_client_settings()  # before mlflow is imported (aaclip/mlflow_env.py says why)
 
@@ -34,21 +33,14 @@ from aaclip.mlflow_model import describe_trial, register_adapters, source_tags  
 
 ROLE = "aaclip.role"  # "retrain": never taken for a study's trial (those are "trial")
 EXPORT_FILE = "aaclip.export_file"
-DESCRIPTION = "mlflow.note.content"  # the run's description in MLflow's UI (markdown)
 DEFAULT_EXPERIMENT = "aaclip-retrain"
-# The same experiment tag a study's experiment gets (study/tracking.py): MLflow 3's UI then opens the runs table.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def check_tracking_server(uri: str, timeout_s: float = 10.0) -> None:
     """A server that does not answer is refused before training, not found out after it."""
     if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
-                if response.status == 200:
-                    return
-        except (OSError, ValueError):  # refused, timed out, HTTP error, malformed URI
-            pass
+        if is_healthy(uri, timeout_s):
+            return
         raise AaclipError(f"tracking server {uri} does not answer {uri.rstrip('/')}/health; start it (e.g. "
                           "`aaclip-study server`), or fix --tracking-uri / MLFLOW_TRACKING_URI")
     try:

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aaclip.home import aaclip_home
+from aaclip.mlflow_env import client_settings, is_healthy
 from study.errors import StudyError
 from study.locks import file_lock
-from aaclip.mlflow_env import client_settings
 
 HOST = "127.0.0.1"
 PREFERRED_PORT = 5000
@@ -136,14 +136,6 @@ def _is_our_server(pid: int, folder: Path) -> bool:
         return False
     words = [word.decode(errors="replace") for word in command]
     return "mlflow" in words and "server" in words and f"sqlite:///{folder / 'mlflow.db'}" in words
-
-
-def is_healthy(uri: str, timeout_s: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
-            return response.status == 200
-    except (OSError, ValueError):  # refused, timed out, HTTP error, malformed URI
-        return False
 
 
 API_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"

@@ -14,6 +14,7 @@ from typing import Any
 
 from mlflow.entities import Metric
 
+from aaclip.mlflow_env import DESCRIPTION
 from study.record import (
     Outcome, Tag, best_and_baseline, is_baseline_run, objective_of, outcome_of, space_keys_of, trial_runs,
 )
@@ -21,7 +22,6 @@ from study.spool import Tracker, batch_op
 from study.status import param_value, short_key, show_value
 from study.verdict import Verdict, format_verdict, study_verdict
 
-NOTE = "mlflow.note.content"  # MLflow's run description, rendered as markdown on the run page
 # Always logged, zero included: columns stay comparable, and a resumed study's summary replaces the interrupted one's.
 COUNTED = (Outcome.COMPLETED, Outcome.PRUNED, Outcome.STOPPED, Outcome.FAILED, Outcome.INTERRUPTED)
 PREFIX = "study/"
@@ -102,8 +102,8 @@ def summary_ops(client, parent) -> list[dict[str, Any]]:
                        study_verdict(client, parent))
     now = int(time.time() * 1000)  # a later summary (resume, report) is the latest value of each metric
     metrics = [Metric(key, value, now, 0) for key, value in summary_metrics(runs, metric, mode).items()]
-    ops = [batch_op(parent.info.run_id, metrics=metrics, tags={NOTE: note[:MAX_TAG]})]
-    ops += [batch_op(run.info.run_id, tags={NOTE: trial_note(run, metric, keys)}) for run in runs]
+    ops = [batch_op(parent.info.run_id, metrics=metrics, tags={DESCRIPTION: note[:MAX_TAG]})]
+    ops += [batch_op(run.info.run_id, tags={DESCRIPTION: trial_note(run, metric, keys)}) for run in runs]
     return ops
 
 

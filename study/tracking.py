@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from aaclip.config import TrainConfig, mlflow_params, param_text
 from aaclip.metric_names import GRADIENT_NORMS, IMAGE_ADAPTER_SHARE, LOOP_PREFIX
+from aaclip.mlflow_env import EXPERIMENT_KIND
 from study.errors import StudyError
 from study.record import Outcome, Tag, find_trial_run, recorded_outcome
 from study.server import current_uri
@@ -143,10 +144,6 @@ def study_link(client: MlflowClient, uri: str, experiment_id: str, study: str, m
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
     return runs_link(uri, experiment_id, study, metric, mode)
 
-
-# MLflow 3's UI opens an experiment by this tag: without it, on its GenAI pages (traces, judges); with it, on the
-# model-training runs table. The value is the UI's own constant (server/js: CUSTOM_MODEL_DEVELOPMENT).
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:

@@ -8,7 +8,8 @@ from mlflow.tracking import MlflowClient
 
 from study.driver import study_session
 from study.spec import parse_study
-from study.summary import NOTE, trial_note
+from aaclip.mlflow_env import DESCRIPTION as NOTE
+from study.summary import trial_note
 from study.record import PRUNED_AT
 from study.tracking import PARENT, Connector
 from study.trainable import TrialContext
